@@ -1,3 +1,55 @@
-"""napari-segany: Segment Anything for large microscopy volumes."""
+"""napari-segany: Segment Anything for large microscopy volumes.
+
+The public API is imported lazily so that ``import napari_segany`` (done by napari when it
+reads the plugin manifest) stays cheap; torch loads on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "list_models": "weights",
+    "fetch": "weights",
+    "load_model": "model",
+    "SamModel": "model",
+    "ImageEmbedding": "model",
+    "CheckpointError": "model",
+    "UnknownModelError": "weights",
+    "WeightsError": "weights",
+    "choose_device": "device",
+}
+
+__all__ = [
+    "CheckpointError",
+    "ImageEmbedding",
+    "SamModel",
+    "UnknownModelError",
+    "WeightsError",
+    "__version__",
+    "choose_device",
+    "fetch",
+    "list_models",
+    "load_model",
+]
+
+if TYPE_CHECKING:
+    from .device import choose_device
+    from .model import CheckpointError, ImageEmbedding, SamModel, load_model
+    from .weights import UnknownModelError, WeightsError, fetch, list_models
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_segany' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -51,18 +51,6 @@ class Sam(nn.Module):
             "pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False
         )
 
-    def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize ``(B, 3, H, W)`` images (0-255 floats) so the longest side is ``image_size``.
-
-        Bilinear with antialiasing, as PIL does it, so that results match the reference.
-        """
-        size = input_size((images.shape[-2], images.shape[-1]), self.image_size)
-        if size == tuple(images.shape[-2:]):
-            return images
-        return F.interpolate(
-            images, size=size, mode="bilinear", align_corners=False, antialias=True
-        )
-
     def normalize_and_pad(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise resized ``(B, 3, h, w)`` 0-255 images and zero-pad them to a square."""
         x = (images - self.pixel_mean) / self.pixel_std

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import neck
+from .common import attention, neck
 
 
 class Conv2dBN(nn.Sequential):
@@ -98,7 +98,7 @@ class Attention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.fused = True  # scaled_dot_product_attention; False: the plain matmul/softmax path
+        self.fused = True  # see common.attention
         points = list(itertools.product(range(window), range(window)))
         offsets: dict[tuple[int, int], int] = {}
         index = []
@@ -118,11 +118,7 @@ class Attention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.head_dim, dim=3)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:
-            attn = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5 + bias
-            out = attn.softmax(dim=-1) @ v
+        out = attention(q, k, v, bias, fused=self.fused)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .common import MLPBlock
+from .common import MLPBlock, attention
 
 
 class Attention(nn.Module):
@@ -22,7 +21,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(embedding_dim, internal)
         self.v_proj = nn.Linear(embedding_dim, internal)
         self.out_proj = nn.Linear(internal, embedding_dim)
-        self.fused = True  # scaled_dot_product_attention; False: the plain matmul/softmax path
+        self.fused = True  # see common.attention
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -30,11 +29,7 @@ class Attention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attention over already projected ``(B, heads, N, d)`` tensors, heads merged back."""
-        if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-            out = attn.softmax(dim=-1) @ v
+        out = attention(q, k, v, fused=self.fused)
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLPBlock, neck
+from .common import MLPBlock, attention, neck
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -69,7 +69,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
-        self.fused = True  # scaled_dot_product_attention; False: the plain matmul/softmax path
+        self.fused = True  # see common.attention
         if use_rel_pos:
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, self.head_dim))
@@ -90,13 +90,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, b * self.num_heads, n, self.head_dim).unbind(0)
         bias = self._position_bias(q, h, w) if self.use_rel_pos else None
-        if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:
-            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
-            if bias is not None:
-                attn = attn + bias
-            out = attn.softmax(dim=-1) @ v
+        out = attention(q, k, v, bias, fused=self.fused)
         out = out.view(b, self.num_heads, h, w, self.head_dim).permute(0, 2, 3, 1, 4)
         return self.proj(out.reshape(b, h, w, c))
 
