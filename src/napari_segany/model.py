@@ -294,7 +294,13 @@ def load_model(
     from .weights import resolve_checkpoint
 
     path, entry = resolve_checkpoint(name_or_path, progress=progress)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a pickle with code in it, a truncated or foreign file
+        raise CheckpointError(
+            f"{path} could not be read as a torch checkpoint with weights_only=True "
+            f"(only plain tensors are loaded, never code): {type(err).__name__}: {err}"
+        ) from None
     state = _state_dict_of(checkpoint, path)
     if entry is not None:
         arch = entry.architecture
