@@ -164,3 +164,20 @@ def test_device_choice() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             sg.choose_device("cuda")
+
+
+@pytest.mark.slow
+def test_reduced_precision_encoder_stays_close_to_float32(mobile_sam: SamModel) -> None:
+    """The GPU path's bf16 autocast, exercised on the CPU (where torch supports it too)."""
+    bf16 = load_model("mobile_sam", device="cpu", precision="bfloat16", progress=False)
+    assert bf16.autocast_dtype == torch.bfloat16 and mobile_sam.autocast_dtype is None
+    image = np.random.default_rng(0).uniform(0, 255, (128, 160))
+    prepared, _ = mobile_sam.prepare(image)
+    full, reduced = mobile_sam.encode(prepared[None]), bf16.encode(prepared[None])
+    assert reduced.dtype == torch.float32
+    assert ((reduced - full).norm() / full.norm()).item() < 0.05
+
+
+def test_unknown_precision_is_refused_before_any_download() -> None:
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        load_model("vit_h", device="cpu", precision="fp8")

@@ -247,13 +247,27 @@ class SamModel:
         return out.reshape(*lead, *out.shape[-2:])
 
 
+_PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _autocast_dtype(precision: str, device: torch.device, fast: bool) -> torch.dtype | None:
+    if precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if fast and bf16 else None
+    try:
+        return _PRECISIONS[precision]
+    except KeyError:
+        known = ", ".join(["auto", *_PRECISIONS])
+        raise ValueError(f"unknown precision {precision!r}; use one of {known}") from None
+
+
 def load_model(
     name_or_path: str | Path = "mobile_sam",
     device: str | torch.device = "auto",
     *,
     architecture: str | None = None,
     fast: bool = True,
-    compile: bool = False,
+    precision: str = "auto",
     progress: bool = True,
 ) -> SamModel:
     """Load a SAM model by registry name or checkpoint path.
@@ -272,9 +286,11 @@ def load_model(
         Inference fast paths: fused attention kernels, BatchNorm folded into convolutions,
         channels-last memory, bf16 autocast of the encoder on CUDA. False gives the plain
         float32 path of the reference implementation (for comparisons).
-    compile
-        Compile the image encoder with ``torch.compile`` (slow first call; pays off for
-        long batch runs).
+    precision
+        The image encoder's arithmetic: ``"auto"`` (bfloat16 autocast on CUDA GPUs that
+        support it when ``fast``, else float32), ``"float32"``, ``"bfloat16"`` or
+        ``"float16"`` (autocast on any device that supports it). Embeddings are always
+        returned as float32; prompts are always decoded in float32.
     progress
         Show a progress bar while downloading weights.
 
@@ -293,6 +309,8 @@ def load_model(
     """
     from .weights import resolve_checkpoint
 
+    target = choose_device(device)  # bad device or precision: say so before any download
+    autocast_dtype = _autocast_dtype(precision, target, fast)
     path, entry = resolve_checkpoint(name_or_path, progress=progress)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -313,17 +331,11 @@ def load_model(
     _load_state(net, state, arch, path)
     del checkpoint, state
 
-    target = choose_device(device)
     set_fused_attention(net, fast)
-    autocast_dtype = None
     if fast:
         fold_batchnorm(net)
         net = net.to(memory_format=torch.channels_last)
-        if target.type == "cuda" and torch.cuda.is_bf16_supported():
-            autocast_dtype = torch.bfloat16
     net = net.to(target).eval()
-    if compile:
-        net.image_encoder = torch.compile(net.image_encoder)
     return SamModel(
         net,
         name=entry.name if entry is not None else Path(path).name,
