@@ -21,24 +21,38 @@ _EXPORTS = {
     "UnknownModelError": "weights",
     "WeightsError": "weights",
     "choose_device": "device",
+    "open_volume": "volume",
+    "Volume": "volume",
+    "embed": "embeddings",
+    "EmbeddingStore": "embeddings",
+    "StoreMismatchError": "embeddings",
+    "NotEmbeddedError": "embeddings",
 }
 
 __all__ = [
     "CheckpointError",
+    "EmbeddingStore",
     "ImageEmbedding",
+    "NotEmbeddedError",
     "SamModel",
+    "StoreMismatchError",
     "UnknownModelError",
+    "Volume",
     "WeightsError",
     "__version__",
     "choose_device",
+    "embed",
     "fetch",
     "list_models",
     "load_model",
+    "open_volume",
 ]
 
 if TYPE_CHECKING:
     from .device import choose_device
+    from .embeddings import EmbeddingStore, NotEmbeddedError, StoreMismatchError, embed
     from .model import CheckpointError, ImageEmbedding, SamModel, load_model
+    from .volume import Volume, open_volume
     from .weights import UnknownModelError, WeightsError, fetch, list_models
 
 
