@@ -34,3 +34,23 @@ def boxes_to_model(
 def as_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A numpy array as a tensor on ``device`` (one copy)."""
     return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device)
+
+
+def mask_to_logits(mask: np.ndarray, resized: tuple[int, int], frame: int = 1024) -> np.ndarray:
+    """A boolean image-sized mask as the decoder's ``(256, 256)`` low-resolution logits.
+
+    The mask is taken to the model frame (resized, zero-padded), averaged over each
+    grid cell, and the covered fraction turned into a logit, clipped at +-10 so a
+    hand-drawn mask guides the decoder without saturating it.
+    """
+    from PIL import Image
+
+    grid = frame // 4
+    pil = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
+    in_frame = np.zeros((frame, frame), dtype=np.float32)
+    resized_mask = np.asarray(pil.resize((resized[1], resized[0]), Image.Resampling.BILINEAR))
+    in_frame[: resized[0], : resized[1]] = resized_mask / 255.0
+    fraction = in_frame.reshape(grid, 4, grid, 4).mean(axis=(1, 3))
+    eps = np.float32(1e-4)
+    fraction = np.clip(fraction, eps, 1 - eps)
+    return np.clip(np.log(fraction / (1 - fraction)), -10, 10).astype(np.float32)

@@ -1,0 +1,332 @@
+"""Prompts to masks on one slice: the click-to-mask path.
+
+:class:`Segmenter` takes prompts in the user's frame (slice pixels, NumPy order),
+picks the tile window that holds them, decodes with the slice's stored embedding kept
+on the model's device, and upscales only the chosen mask, only where it can be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .prompts import mask_to_logits
+from .upscale import upscale_mask
+
+if TYPE_CHECKING:
+    from .embeddings import EmbeddingStore
+    from .model import ImageEmbedding, SamModel
+    from .tiling import Window
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The prompts for one object on one slice, in slice pixels.
+
+    Attributes
+    ----------
+    points
+        ``(N, 2)`` ``(y, x)`` points, or None.
+    labels
+        ``(N,)``: 1 positive, 0 negative.
+    box
+        ``(y0, x0, y1, x1)`` or None.
+    mask
+        A previous result for refinement: boolean ``(Y, X)`` mask of the slice, or the
+        ``(256, 256)`` low-resolution logits of an earlier prediction on the same window.
+    """
+
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box: np.ndarray | None = None
+    mask: np.ndarray | torch.Tensor | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able description (for annotation logs); low-res logits are not kept."""
+        return {
+            "points": None if self.points is None else np.asarray(self.points).tolist(),
+            "labels": None if self.labels is None else np.asarray(self.labels).tolist(),
+            "box": None if self.box is None else np.asarray(self.box).tolist(),
+            "mask": self.mask is not None,
+        }
+
+
+@dataclass
+class Prediction:
+    """Candidate masks for one object on one slice; the best one chosen.
+
+    Attributes
+    ----------
+    z
+        The slice.
+    scores
+        ``(K,)`` predicted IoU of each candidate.
+    low_res_logits
+        ``(K, 256, 256)`` decoder logits of the candidates (feed one back as ``mask=``).
+    index
+        The chosen candidate (highest score unless cycled).
+    window
+        ``(y0, x0, y1, x1)`` of the tile window the prompt was decoded on.
+    slice_shape
+        ``(Y, X)`` of the slice.
+    """
+
+    z: int
+    scores: np.ndarray
+    low_res_logits: torch.Tensor
+    index: int
+    window: Window
+    slice_shape: tuple[int, int]
+    _frame: int
+    _resized: tuple[int, int]
+    _masks: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def _mask_of(self, k: int) -> np.ndarray:
+        if k not in self._masks:
+            y0, x0, y1, x1 = self.window
+            local = upscale_mask(
+                self.low_res_logits[k], self._frame, self._resized, (y1 - y0, x1 - x0)
+            )
+            if (y0, x0, y1, x1) == (0, 0, *self.slice_shape):
+                self._masks[k] = local
+            else:
+                full = np.zeros(self.slice_shape, dtype=bool)
+                full[y0:y1, x0:x1] = local
+                self._masks[k] = full
+        return self._masks[k]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The chosen mask: boolean ``(Y, X)``."""
+        return self._mask_of(self.index)
+
+    @property
+    def score(self) -> float:
+        """The chosen mask's predicted IoU."""
+        return float(self.scores[self.index])
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The chosen mask's ``(256, 256)`` low-resolution logits."""
+        return self.low_res_logits[self.index]
+
+    @property
+    def masks(self) -> np.ndarray:
+        """All candidates: boolean ``(K, Y, X)`` (computed on first access)."""
+        return np.stack([self._mask_of(k) for k in range(len(self.scores))])
+
+    def cycle(self, step: int = 1) -> Prediction:
+        """The same prediction with the next candidate chosen (wrapping around)."""
+        return replace(self, index=(self.index + step) % len(self.scores))
+
+
+class Segmenter:
+    """Interactive segmentation of a volume's slices from their stored embeddings.
+
+    Parameters
+    ----------
+    model
+        The model the store was computed with.
+    store
+        From :func:`napari_segany.embed`; missing slices are computed on demand when
+        the store knows its volume.
+    """
+
+    def __init__(self, model: SamModel, store: EmbeddingStore) -> None:
+        sha = store.signature["model"]["sha256"]
+        if sha is not None and model.sha256 is not None and sha != model.sha256:
+            raise ValueError(
+                f"the store was computed with model {store.signature['model']['name']!r}, "
+                f"not {model.name!r}: use the same model"
+            )
+        self.model = model
+        self.store = store
+        self._cached: tuple[tuple[int, int], ImageEmbedding] | None = None
+
+    @property
+    def slice_shape(self) -> tuple[int, int]:
+        """``(Y, X)`` of the volume's slices."""
+        return self.store.grid.slice_shape
+
+    def embedding(self, z: int, tile: int = 0) -> ImageEmbedding:
+        """The embedding of a slice's window, kept on the device for the next click."""
+        key = (z % len(self.store), tile)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.store.get(key[0], tile))
+        return self._cached[1]
+
+    def _check(self, z: int, prompt: Prompt) -> tuple[Prompt, tuple[float, float, float, float]]:
+        """Validate a prompt; return it with arrays normalised, and its extent (a box)."""
+        h, w = self.slice_shape
+        if not -len(self.store) <= z < len(self.store):
+            raise IndexError(f"slice {z} is outside the volume's {len(self.store)} slices")
+        points = labels = box = None
+        extent: list[np.ndarray] = []
+        if prompt.points is not None and len(prompt.points):
+            points = np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2)
+            if prompt.labels is None:
+                raise ValueError("points need labels: 1 for positive, 0 for negative")
+            labels = np.asarray(prompt.labels).reshape(-1)
+            if labels.shape[0] != points.shape[0]:
+                raise ValueError(f"{points.shape[0]} points but {labels.shape[0]} labels")
+            if not np.isin(labels, (0, 1)).all():
+                raise ValueError(f"point labels must be 1 or 0, got {np.unique(labels).tolist()}")
+            outside = (points < 0).any(axis=1) | (points[:, 0] >= h) | (points[:, 1] >= w)
+            if outside.any():
+                raise ValueError(
+                    f"point {points[outside][0].tolist()} (y, x) is outside the slice of "
+                    f"{h} x {w} pixels"
+                )
+            extent.append(points[labels == 1])
+        if prompt.box is not None:
+            box = np.asarray(prompt.box, dtype=np.float64).reshape(4)
+            clipped = np.clip(box, 0, [h, w, h, w])
+            if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
+                raise ValueError(
+                    f"the box {box.tolist()} (y0, x0, y1, x1) has no area inside the slice"
+                )
+            box = clipped
+            extent.append(box.reshape(2, 2))
+        mask = prompt.mask
+        has_positive = labels is not None and bool((labels == 1).any())
+        if isinstance(mask, np.ndarray) and mask.dtype == bool:
+            if mask.shape != (h, w):
+                raise ValueError(f"the mask has shape {mask.shape}, the slice is {(h, w)}")
+            ys, xs = np.nonzero(mask)
+            if ys.size == 0:
+                raise ValueError("the mask is empty")
+            bbox = np.array([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], dtype=np.float64)
+            extent.append(bbox.reshape(2, 2))
+            if box is None and not has_positive:
+                # SAM is trained to take a mask with other prompts; alone it is given
+                # together with its bounding box
+                box = bbox
+        elif mask is not None:
+            if tuple(mask.shape[-2:]) != (256, 256):
+                raise ValueError(
+                    f"mask logits must be (256, 256), got {tuple(mask.shape)}; pass a boolean "
+                    f"({h}, {w}) mask for a mask drawn on the slice"
+                )
+            if box is None and not has_positive:
+                raise ValueError(
+                    "low-resolution logits refine a prompt: give points or a box with them"
+                )
+        if not (has_positive or box is not None):
+            raise ValueError("no positive prompt: give a positive point, a box or a mask")
+        corners = np.concatenate(extent) if extent else np.array([[0, 0], [h, w]])
+        (y0, x0), (y1, x1) = corners.min(axis=0), corners.max(axis=0)
+        return Prompt(points, labels, box, mask), (float(y0), float(x0), float(y1), float(x1))
+
+    def predict(
+        self,
+        z: int = 0,
+        points: Sequence[Sequence[float]] | np.ndarray | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
+        box: Sequence[float] | np.ndarray | None = None,
+        mask: np.ndarray | torch.Tensor | None = None,
+        multimask: bool | None = None,
+    ) -> Prediction:
+        """Segment one object on slice ``z``.
+
+        Parameters
+        ----------
+        z
+            The slice (0 for a 2D image).
+        points, labels
+            ``(N, 2)`` ``(y, x)`` points and their labels (1 positive, 0 negative).
+        box
+            ``(y0, x0, y1, x1)``.
+        mask
+            A previous mask (boolean, slice-sized) or its low-resolution logits.
+        multimask
+            Three candidates (True) or one (False); default: three for a lone point,
+            where the prompt is ambiguous, one otherwise.
+
+        Raises
+        ------
+        ValueError
+            Points outside the slice, a box with no area, no positive prompt, a mask of
+            the wrong shape.
+        """
+        prompt = Prompt(points, labels, box, mask)
+        return self.predict_many(z, [prompt], multimask=multimask)[0]
+
+    def predict_many(
+        self, z: int, prompts: Sequence[Prompt], *, multimask: bool | None = None
+    ) -> list[Prediction]:
+        """Segment several objects on slice ``z``; prompts of the same kind on the same
+        window are decoded in one batched call.
+        """
+        checked = [self._check(z, p) for p in prompts]
+        grid = self.store.grid
+        windows = [grid.window_for_box(extent) for _, extent in checked]
+        results: list[Prediction | None] = [None] * len(prompts)
+        groups: dict[tuple, list[int]] = {}
+        for i, ((p, _), tile) in enumerate(zip(checked, windows, strict=True)):
+            n_points = 0 if p.points is None else len(p.points)
+            key = (tile, n_points, p.box is not None, p.mask is not None)
+            groups.setdefault(key, []).append(i)
+        for (tile, n_points, has_box, _), members in groups.items():
+            many = multimask
+            if many is None:
+                many = n_points == 1 and not has_box and checked[members[0]][0].mask is None
+            for i, pred in zip(
+                members, self._decode(z, tile, [checked[i][0] for i in members], many), strict=True
+            ):
+                results[i] = pred
+        return [r for r in results if r is not None]
+
+    def _decode(
+        self, z: int, tile: int, prompts: list[Prompt], multimask: bool
+    ) -> list[Prediction]:
+        embedding = self.embedding(z, tile)
+        y0, x0, _, _ = window = self.store.grid.windows[tile]
+        offset = np.array([y0, x0], dtype=np.float64)
+        first = prompts[0]
+        points = labels = boxes = logits = None
+        if first.points is not None:
+            points = np.stack([p.points - offset for p in prompts])
+            labels = np.stack([p.labels for p in prompts])
+        if first.box is not None:
+            boxes = np.stack([p.box - np.tile(offset, 2) for p in prompts])
+        if first.mask is not None:
+            logits = torch.stack([self._mask_logits(p.mask, window, embedding) for p in prompts])
+        decoded = self.model.decode(
+            embedding,
+            points=points,
+            labels=labels,
+            boxes=boxes,
+            mask_logits=logits,
+            multimask=multimask,
+        )
+        scores = decoded.iou.float().cpu().numpy()
+        return [
+            Prediction(
+                z=z % len(self.store),
+                scores=scores[i],
+                low_res_logits=decoded.low_res_logits[i],
+                index=int(np.argmax(scores[i])),
+                window=window,
+                slice_shape=self.slice_shape,
+                _frame=self.model.image_size,
+                _resized=embedding.resized_size,
+            )
+            for i in range(len(prompts))
+        ]
+
+    def _mask_logits(
+        self, mask: np.ndarray | torch.Tensor, window: Window, embedding: ImageEmbedding
+    ) -> torch.Tensor:
+        if isinstance(mask, np.ndarray) and mask.dtype == bool:
+            y0, x0, y1, x1 = window
+            local = mask_to_logits(
+                mask[y0:y1, x0:x1], embedding.resized_size, self.model.image_size
+            )
+            return torch.from_numpy(local).to(self.model.device)
+        return torch.as_tensor(mask, dtype=torch.float32, device=self.model.device).reshape(
+            256, 256
+        )
