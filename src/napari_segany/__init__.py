@@ -22,6 +22,11 @@ _EXPORTS = {
     "WeightsError": "weights",
     "choose_device": "device",
     "open_volume": "volume",
+    "LabelsStore": "labels",
+    "StoreLockedError": "labels",
+    "Segmenter": "segmenter",
+    "Prediction": "segmenter",
+    "Prompt": "segmenter",
     "Volume": "volume",
     "embed": "embeddings",
     "EmbeddingStore": "embeddings",
@@ -33,8 +38,13 @@ __all__ = [
     "CheckpointError",
     "EmbeddingStore",
     "ImageEmbedding",
+    "LabelsStore",
     "NotEmbeddedError",
+    "Prediction",
+    "Prompt",
     "SamModel",
+    "Segmenter",
+    "StoreLockedError",
     "StoreMismatchError",
     "UnknownModelError",
     "Volume",
@@ -51,7 +61,9 @@ __all__ = [
 if TYPE_CHECKING:
     from .device import choose_device
     from .embeddings import EmbeddingStore, NotEmbeddedError, StoreMismatchError, embed
+    from .labels import LabelsStore, StoreLockedError
     from .model import CheckpointError, ImageEmbedding, SamModel, load_model
+    from .segmenter import Prediction, Prompt, Segmenter
     from .volume import Volume, open_volume
     from .weights import UnknownModelError, WeightsError, fetch, list_models
 
