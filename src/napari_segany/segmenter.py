@@ -20,6 +20,7 @@ from .upscale import upscale_mask
 if TYPE_CHECKING:
     from .embeddings import EmbeddingStore
     from .model import ImageEmbedding, SamModel
+    from .propagate import StopRule
     from .tiling import Window
 
 
@@ -330,3 +331,47 @@ class Segmenter:
         return torch.as_tensor(mask, dtype=torch.float32, device=self.model.device).reshape(
             256, 256
         )
+
+    def propagate(
+        self,
+        z: int | None = None,
+        mask: np.ndarray | None = None,
+        *,
+        annotations: dict[int, np.ndarray] | None = None,
+        z_range: tuple[int, int] | None = None,
+        direction: str = "both",
+        projection: str = "mask",
+        stop: StopRule | None = None,
+    ) -> np.ndarray:
+        """Carry one object through z from its mask on slice ``z`` (or several slices).
+
+        Parameters
+        ----------
+        z, mask
+            An annotated slice and the object's boolean mask on it.
+        annotations
+            Instead: ``{z: mask}`` for several annotated slices; the slices between two
+            of them are filled from both ends.
+        z_range, direction, projection, stop
+            See :func:`napari_segany.propagate.propagate_objects`.
+
+        Returns
+        -------
+        numpy.ndarray
+            Boolean ``(Z, Y, X)``.
+        """
+        marked = dict(annotations or {})
+        if mask is not None:
+            marked[0 if z is None else z] = mask
+        if not marked:
+            raise ValueError("give the object's mask on a slice (z=..., mask=...) or annotations")
+        from .propagate import propagate_objects  # the module builds on this one
+
+        return propagate_objects(
+            self,
+            [marked],
+            z_range=z_range,
+            direction=direction,
+            projection=projection,
+            stop=stop,
+        )[0]

@@ -1,0 +1,244 @@
+"""Carry objects through z: each slice is prompted from the object's mask on its neighbour.
+
+From every annotated slice the object is followed outwards, and between two annotated
+slices from both ends towards the middle. On each new slice the previous mask is
+projected into prompts (its box, an interior point, or the mask itself), the decoder
+predicts the object there, and the run stops where the object ends: when the new mask
+overlaps the previous one too little, its predicted quality drops, or its area
+collapses. All objects advance together, one batched decoder call per slice.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .segmenter import Prompt
+
+if TYPE_CHECKING:
+    from .segmenter import Segmenter
+
+#: How the previous slice's mask becomes the next slice's prompt.
+PROJECTIONS = ("box", "points", "box+points", "mask")
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a propagated object is taken to have ended.
+
+    Past its end, SAM still finds *something* where it is told to look (a patch of
+    noise inside the projected box), so the rule checks both the decoder's view and the
+    image: the new mask must overlap the previous one, keep a plausible area, be rated
+    well by the decoder, and still stand out from its surroundings.
+
+    Attributes
+    ----------
+    min_overlap
+        Least overlap with the previous slice's mask, as intersection over the smaller
+        of the two areas (an IoU would stop at every tip of a shrinking object).
+    min_score
+        Least predicted IoU (the decoder's own quality estimate).
+    min_area_ratio
+        Least area of the new mask relative to the previous one (a collapse).
+    max_area_ratio
+        Most area relative to the previous one (a leak into the background).
+    min_area
+        Least area in pixels.
+    min_contrast_ratio
+        Least contrast of the new mask against a ring around it, relative to the
+        contrast on the annotated slice (0 turns the check off). Contrast is the
+        difference of mean intensity inside and in the ring over their pooled standard
+        deviation; it needs the volume (stores opened without it skip the check).
+    """
+
+    min_overlap: float = 0.5
+    min_score: float = 0.6
+    min_area_ratio: float = 0.1
+    max_area_ratio: float = 2.5
+    min_area: int = 16
+    min_contrast_ratio: float = 0.25
+
+    def ends(
+        self, new: np.ndarray, previous: np.ndarray, score: float, contrast_ratio: float = 1.0
+    ) -> bool:
+        """Whether the object has ended on the slice of ``new``."""
+        area, before = int(new.sum()), int(previous.sum())
+        if area < self.min_area:
+            return True
+        if not self.min_area_ratio * before <= area <= self.max_area_ratio * before:
+            return True
+        overlap = np.logical_and(new, previous).sum() / min(area, before)
+        if overlap < self.min_overlap or score < self.min_score:
+            return True
+        return contrast_ratio < self.min_contrast_ratio
+
+
+def contrast(image: np.ndarray, mask: np.ndarray, gap: int = 3, ring: int = 5) -> float:
+    """How much a mask stands out: |mean inside - mean of a ring around it| / pooled std.
+
+    The ring starts ``gap`` pixels out, so that a mask a little smaller than its object
+    does not count the object's own rim as surroundings.
+    """
+    near = ndimage.binary_dilation(mask, iterations=gap)
+    around = ndimage.binary_dilation(near, iterations=ring) & ~near
+    inside, outside = image[mask], image[around]
+    if inside.size == 0 or outside.size == 0:
+        return 0.0
+    spread = np.sqrt((inside.var() + outside.var()) / 2) + 1e-3
+    return float(abs(inside.mean() - outside.mean()) / spread)
+
+
+def project(mask: np.ndarray, projection: str, logits: torch.Tensor | None = None) -> Prompt:
+    """Prompts for the next slice from an object's mask on this one.
+
+    ``logits``: the decoder's low-resolution logits of that mask, when it was predicted
+    (on an untiled slice); the ``"mask"`` projection prefers them to the boolean mask,
+    being the decoder's own language.
+    """
+    ys, xs = np.nonzero(mask)
+    box = np.array([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], dtype=np.float64)
+    if projection == "box":
+        return Prompt(box=box)
+    if projection == "mask":
+        return Prompt(box=box, mask=mask if logits is None else logits)
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    inner = np.array([np.unravel_index(int(np.argmax(depth)), mask.shape)], dtype=np.float64)
+    if projection == "points":
+        return Prompt(points=inner, labels=np.array([1]))
+    if projection == "box+points":
+        return Prompt(points=inner, labels=np.array([1]), box=box)
+    raise ValueError(f"unknown projection {projection!r}; use one of {', '.join(PROJECTIONS)}")
+
+
+@dataclass
+class _Run:
+    """One object followed in one direction from a start slice up to a limit (inclusive)."""
+
+    obj: int
+    z: int
+    step: int
+    limit: int
+    mask: np.ndarray
+    contrast: float | None = None
+    logits: torch.Tensor | None = None
+
+
+def _runs(
+    obj: int, annotations: Mapping[int, np.ndarray], lo: int, hi: int, direction: str
+) -> list[_Run]:
+    marks = sorted(annotations)
+    runs = []
+    if direction in ("both", "backward") and marks[0] > lo:
+        runs.append(_Run(obj, marks[0], -1, lo, annotations[marks[0]]))
+    for a, b in itertools.pairwise(marks):
+        middle = (a + b) // 2
+        if middle > a:
+            runs.append(_Run(obj, a, 1, middle, annotations[a]))
+        if middle + 1 < b:
+            runs.append(_Run(obj, b, -1, middle + 1, annotations[b]))
+    if direction in ("both", "forward") and marks[-1] < hi:
+        runs.append(_Run(obj, marks[-1], 1, hi, annotations[marks[-1]]))
+    return runs
+
+
+def propagate_objects(
+    segmenter: Segmenter,
+    objects: Sequence[Mapping[int, np.ndarray]],
+    *,
+    z_range: tuple[int, int] | None = None,
+    direction: str = "both",
+    projection: str = "mask",
+    stop: StopRule | None = None,
+    callback: Callable[[int, int], None] | None = None,
+) -> list[np.ndarray]:
+    """Carry several objects through the volume at once.
+
+    Parameters
+    ----------
+    segmenter
+        The volume's segmenter.
+    objects
+        Per object, its annotated slices: ``{z: boolean (Y, X) mask}``.
+    z_range
+        ``(first, last)`` slices to cover (inclusive); default the whole volume.
+    direction
+        ``"both"``, ``"forward"`` (increasing z) or ``"backward"`` beyond the outermost
+        annotations; between two annotations both ends always meet in the middle.
+    projection
+        How a mask prompts the next slice: ``"mask"`` (its box and the mask itself, the
+        default: it follows objects that split, where a box alone loses a branch),
+        ``"box"``, ``"points"`` (the most interior point) or ``"box+points"``.
+    stop
+        When an object ends (default :class:`StopRule`).
+    callback
+        Called as ``callback(steps_done, steps_at_most)`` after each step.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Boolean ``(Z, Y, X)`` per object.
+    """
+    n = len(segmenter.store)
+    lo, hi = z_range if z_range is not None else (0, n - 1)
+    if not 0 <= lo <= hi < n:
+        raise ValueError(f"z_range {z_range} does not lie within the volume's {n} slices")
+    if direction not in ("both", "forward", "backward"):
+        raise ValueError(f"direction must be both, forward or backward, not {direction!r}")
+    if projection not in PROJECTIONS:
+        raise ValueError(f"unknown projection {projection!r}; use one of {', '.join(PROJECTIONS)}")
+    rule = stop or StopRule()
+    shape = (n, *segmenter.slice_shape)
+    results = [np.zeros(shape, dtype=bool) for _ in objects]
+    runs: list[_Run] = []
+    for i, marked in enumerate(objects):
+        if not marked:
+            raise ValueError(f"object {i} has no annotated slice")
+        for z, mask in marked.items():
+            where = f"object {i}, slice {z}"
+            if not 0 <= z < n:
+                raise ValueError(f"{where}: outside the volume's {n} slices")
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != segmenter.slice_shape:
+                raise ValueError(f"{where}: mask {mask.shape}, slices are {shape[1:]}")
+            if not mask.any():
+                raise ValueError(f"{where}: the mask is empty")
+            results[i][z] = mask
+        runs += _runs(i, {z: results[i][z] for z in marked}, lo, hi, direction)
+    volume = segmenter.store.volume if rule.min_contrast_ratio > 0 else None
+    if volume is not None:
+        for run in runs:
+            run.contrast = contrast(volume.model_slice(run.z), run.mask)
+    total = max((abs(r.limit - r.z) for r in runs), default=0)
+    for step in range(1, total + 1):
+        by_slice: dict[int, list[_Run]] = {}
+        for run in runs:
+            if run.step * (run.limit - run.z) > 0:
+                by_slice.setdefault(run.z + run.step, []).append(run)
+        if not by_slice:
+            break
+        finished: list[_Run] = []
+        for z, group in by_slice.items():
+            prompts = [project(run.mask, projection, run.logits) for run in group]
+            predictions = segmenter.predict_many(z, prompts, multimask=False)
+            image = volume.model_slice(z) if volume is not None else None
+            for run, pred in zip(group, predictions, strict=True):
+                ratio = 1.0
+                if image is not None and run.contrast:
+                    ratio = contrast(image, pred.mask) / run.contrast
+                if rule.ends(pred.mask, run.mask, pred.score, ratio):
+                    finished.append(run)
+                    continue
+                results[run.obj][z] |= pred.mask
+                run.z, run.mask = z, pred.mask
+                # logits belong to one tile window: reuse them only on untiled slices
+                run.logits = None if segmenter.store.grid.tiled else pred.logits
+        runs = [r for r in runs if all(r is not f for f in finished)]
+        if callback is not None:
+            callback(step, total)
+    return results
