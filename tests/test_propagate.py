@@ -61,7 +61,7 @@ def test_an_object_that_splits_is_carried_into_both_branches(scene) -> None:
 
 
 def test_several_objects_at_once_equal_one_at_a_time(scene) -> None:
-    seg, ellipsoid, splitting = scene
+    seg, _, _ = scene
     a = seg.predict(5, points=[(64, 64)], labels=[1]).mask
     b = seg.predict(4, points=[(64, 190)], labels=[1]).mask
     together = propagate_objects(seg, [{5: a}, {4: b}])
