@@ -156,9 +156,8 @@ CHILD = textwrap.dedent(
 
 def _child(path: Path, order: str = "forward") -> subprocess.Popen[str]:
     # Same thread count as this process: the encoder's sums then round the same way.
-    return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path), order], stdout=subprocess.PIPE, text=True
-    )
+    command = [sys.executable, "-c", CHILD, str(path), order]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_killed_run_resumes_with_only_the_missing_slices(
@@ -173,6 +172,7 @@ def test_killed_run_resumes_with_only_the_missing_slices(
             break
     child.wait(timeout=60)
     child.stdout.close()
+    child.stderr.close()
     assert child.returncode == -signal.SIGKILL
     done_before = EmbeddingStore.open(path).done()
     finished = int(done_before.sum())
@@ -196,8 +196,8 @@ def test_two_processes_fill_one_store(tmp_path: Path, reference: np.ndarray) -> 
     path = tmp_path / "shared.zarr"
     children = [_child(path, "forward"), _child(path, "backward")]
     for child in children:
-        out, _ = child.communicate(timeout=300)
-        assert child.returncode == 0 and "finished" in out
+        out, err = child.communicate(timeout=600)
+        assert child.returncode == 0 and "finished" in out, err
     store = EmbeddingStore.open(path)
     assert store.done().all()
     for z in range(4):

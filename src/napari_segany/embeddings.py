@@ -14,8 +14,10 @@ processes can fill one store at once: each chunk belongs to one slice and tile.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,7 +328,27 @@ def _create(group: zarr.Group, sig: dict[str, Any], n_slices: int, n_tiles: int)
         fill_value=0,
     )
     group.create_array("done", shape=(n_slices,), chunks=(1,), dtype="uint8", fill_value=0)
-    group.attrs.update(sig)  # last: a store without its signature is an unfinished creation
+    group.attrs.update(sig)
+
+
+def _create_atomically(path: Path, sig: dict[str, Any], n_slices: int, n_tiles: int) -> bool:
+    """Build the store beside ``path`` and rename it into place in one step.
+
+    Another process opening ``path`` sees either no store or a complete one, never a
+    group without its arrays or signature. Returns False when another process got
+    there first (its store is then the one to open).
+    """
+    staging = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        _create(zarr.open_group(staging, mode="w-"), sig, n_slices, n_tiles)
+        os.rename(staging, path)  # fails if path exists and is not empty
+        return True
+    except OSError:
+        if not (path / "zarr.json").is_file():
+            raise
+        return False
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _open_or_create(path: Path | None, sig: dict[str, Any], recompute: bool) -> zarr.Group:
@@ -335,27 +357,31 @@ def _open_or_create(path: Path | None, sig: dict[str, Any], recompute: bool) -> 
         group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
         _create(group, sig, n_slices, n_tiles)
         return group
-    if (path / "zarr.json").is_file():
-        group = zarr.open_group(path, mode="r+")
-        stored = dict(group.attrs)
-        if stored.get("format") not in (None, FORMAT):
-            raise ValueError(f"{path} is a zarr group but not a napari-segany embedding store")
-        diffs = _differences(stored, sig) if stored else ["an unfinished creation"]
-        if not diffs:
-            return group
-        if not recompute:
-            raise StoreMismatchError(
-                f"the embedding store {path} does not match this volume and model: "
-                + "; ".join(diffs)
-                + ". Nothing was changed. Pass recompute=True to replace its embeddings, "
-                "or choose another path."
-            )
-        shutil.rmtree(path)
-    elif path.exists() and any(path.iterdir()):
-        raise ValueError(f"{path} exists and is not an embedding store; choose another path")
-    group = zarr.open_group(path, mode="w")
-    _create(group, sig, n_slices, n_tiles)
-    return group
+    if not (path / "zarr.json").is_file():
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"{path} exists and is not an embedding store; choose another path")
+        if path.exists():
+            path.rmdir()  # an empty folder: rename needs the name free
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if _create_atomically(path, sig, n_slices, n_tiles):
+            return zarr.open_group(path, mode="r+")
+    group = zarr.open_group(path, mode="r+")
+    stored = dict(group.attrs)
+    if stored.get("format") != FORMAT:
+        raise ValueError(f"{path} is a zarr group but not a napari-segany embedding store")
+    diffs = _differences(stored, sig)
+    if not diffs:
+        return group
+    if not recompute:
+        raise StoreMismatchError(
+            f"the embedding store {path} does not match this volume and model: "
+            + "; ".join(diffs)
+            + ". Nothing was changed. Pass recompute=True to replace its embeddings, "
+            "or choose another path."
+        )
+    shutil.rmtree(path)
+    _create_atomically(path, sig, n_slices, n_tiles)
+    return zarr.open_group(path, mode="r+")
 
 
 def embed(

@@ -30,7 +30,8 @@ def resize_longest_side(image: np.ndarray, long_side: int = 1024) -> np.ndarray:
     if (new_h, new_w) == (h, w):
         return image
     pil = Image.fromarray(np.ascontiguousarray(image))
-    return np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR))
+    # np.array, not np.asarray: PIL's buffer is read-only, and torch refuses to share it
+    return np.array(pil.resize((new_w, new_h), Image.Resampling.BILINEAR))
 
 
 def model_input(image: np.ndarray, long_side: int = 1024) -> np.ndarray:
