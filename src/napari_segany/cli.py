@@ -1,4 +1,5 @@
-"""The ``napari-segany`` command: list and fetch checkpoints, check the setup, run a demo.
+"""The ``napari-segany`` command: list and fetch checkpoints, check the setup, run a demo,
+embed a volume into a resumable store.
 
 torch, napari and Qt are imported only by the subcommands that need them, so
 ``napari-segany --help`` answers at once.
@@ -7,15 +8,23 @@ torch, napari and Qt are imported only by the subcommands that need them, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import os
 import platform
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, weights
 from .weights import UnknownModelError, WeightsError
+
+if TYPE_CHECKING:
+    from .embeddings import EmbeddingStore
+    from .model import SamModel
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +84,87 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     demo.set_defaults(handler=_demo)
+
+    _add_embed(commands)
     return parser
+
+
+def _add_embed(commands: argparse._SubParsersAction) -> None:
+    embed = commands.add_parser(
+        "embed",
+        help="compute the image embeddings of a volume into a store (resumable)",
+        description=(
+            "Embed every slice of a TIFF, zarr or OME-Zarr volume into an embedding store "
+            "(a zarr folder). A rerun computes only the slices still missing; Ctrl-C keeps "
+            "every finished slice."
+        ),
+    )
+    embed.add_argument("source", metavar="SOURCE", help="a TIFF file or a (OME-)zarr directory")
+    embed.add_argument(
+        "--model",
+        metavar="NAME",
+        default=weights.DEFAULT_MODEL,
+        help="model name or checkpoint path (default: %(default)s)",
+    )
+    embed.add_argument(
+        "--out",
+        metavar="STORE",
+        help="the store's folder (default: <source name>.embeddings.zarr beside the source)",
+    )
+    embed.add_argument(
+        "--axes",
+        metavar="AXES",
+        help="the source's axes, e.g. ZYX or TCZYX (default: metadata, else shape)",
+    )
+    embed.add_argument(
+        "--level", metavar="N", type=_count, default=0, help="pyramid level, 0 = full resolution"
+    )
+    embed.add_argument("--channel", metavar="C", type=_count, help="index on the C axis")
+    embed.add_argument("--time", metavar="T", type=_count, help="index on the T axis")
+    embed.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=_positive,
+        help="tiles per encoder pass (default: from free GPU memory; 1 on the CPU)",
+    )
+    embed.add_argument(
+        "--device", metavar="DEV", default="auto", help="auto, cpu, cuda, mps (default: auto)"
+    )
+    embed.add_argument(
+        "--tile-size",
+        metavar="N",
+        type=_positive,
+        help="window side for slices longer than 1.5 windows (default: 1024)",
+    )
+    embed.add_argument(
+        "--halo", metavar="N", type=_count, help="overlap on each side of a window (default: 128)"
+    )
+    embed.add_argument(
+        "--recompute",
+        action="store_true",
+        help="replace an existing store made from another model, source or settings "
+        "(a matching store is resumed, not recomputed)",
+    )
+    embed.add_argument("--no-progress", action="store_true", help="no progress bar")
+    embed.set_defaults(handler=_embed)
+
+
+def _count(text: str) -> int:
+    return _integer(text, minimum=0)
+
+
+def _positive(text: str) -> int:
+    return _integer(text, minimum=1)
+
+
+def _integer(text: str, *, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {text}")
+    return value
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
@@ -171,6 +260,156 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
     print(result.summary())
     return 0
+
+
+_SOURCE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+
+
+def default_store_path(source: str | os.PathLike[str]) -> Path:
+    """Where ``embed`` puts a source's store: ``<name>.embeddings.zarr`` beside it.
+
+    ``stack.tif``, ``stack.ome.tif``, ``cells.ome.zarr`` and ``cells.zarr`` give
+    ``stack.embeddings.zarr`` and ``cells.embeddings.zarr`` in the same folder.
+    """
+    path = Path(os.path.abspath(source))
+    name = path.name
+    for suffix in _SOURCE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return path.with_name(f"{name}.embeddings.zarr")
+
+
+def _error(message: object) -> int:
+    print(f"napari-segany: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _embed(args: argparse.Namespace) -> int:
+    # torch and the engine load here, not at `napari-segany --help`.
+    from .device import choose_device
+    from .embeddings import StoreMismatchError, embed
+    from .model import CheckpointError, load_model
+    from .volume import open_volume
+
+    try:
+        choose_device(args.device)  # a typo in --device fails before any work
+        volume = open_volume(
+            args.source, axes=args.axes, level=args.level, channel=args.channel, time=args.time
+        )
+    except (OSError, ValueError, TypeError) as exc:  # missing file, bad axes, level, ...
+        return _error(exc)
+    out = Path(args.out) if args.out else default_store_path(args.source)
+    with volume:
+        problem = _unwritable(out)
+        if problem:
+            return _error(problem)  # before loading (perhaps downloading) a model
+        try:
+            model = load_model(args.model, device=args.device, progress=not args.no_progress)
+        except (WeightsError, UnknownModelError, CheckpointError) as exc:
+            return _error(exc)
+        tiling = {
+            key: value
+            for key, value in (("tile_size", args.tile_size), ("halo", args.halo))
+            if value is not None
+        }
+        try:
+            store = embed(volume, model, out, compute=False, recompute=args.recompute, **tiling)
+        except StoreMismatchError as exc:
+            _error(exc)
+            print(
+                "napari-segany: rerun with --recompute to replace that store, "
+                "or choose another one with --out",
+                file=sys.stderr,
+            )
+            return 1
+        except OSError as exc:  # PermissionError, read-only or full file system
+            return _error(f"cannot write the embedding store {out}: {exc}")
+        except ValueError as exc:  # --out is something else; bad tiling; unusable intensities
+            return _error(exc)
+        return _fill(store, model, args)
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the store at ``out`` cannot be written, as far as can be told without writing."""
+    if out.exists():  # a store to resume: writes to it are checked as they happen
+        return None if out.is_dir() else f"{out} is a file, not an embedding store"
+    parent = out.parent
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create the embedding store {out}: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK):
+        return f"cannot create the embedding store {out}: permission denied on {parent}"
+    return None
+
+
+def _fill(store: EmbeddingStore, model: SamModel, args: argparse.Namespace) -> int:
+    total, tiles = len(store), len(store.grid)
+    before = int(store.done().sum())
+    height, width = store.grid.slice_shape
+    print(f"store   {store.path}")
+    print(
+        f"volume  {total} slice(s) of {height} x {width}, {tiles} tile(s) per slice; "
+        f"model {model.name} on {model.device}"
+    )
+    if before:
+        print(f"resume  {before} of {total} slice(s) already embedded, {total - before} to go")
+
+    stop = threading.Event()
+    with _stop_on_ctrl_c(stop):
+        try:
+            report = store.fill(
+                batch_size=args.batch_size, progress=not args.no_progress, cancel=stop.is_set
+            )
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped within the batch
+            return _interrupted(store, before)
+        except OSError as exc:
+            return _error(exc)
+    if report.cancelled:
+        return _interrupted(store, before)
+    computed = len(report.computed)
+    rate = f"{computed / report.seconds:.2f} slices/s" if computed else "-"
+    print(
+        f"slices  {computed} computed, {report.skipped} already done, "
+        f"{int(store.done().sum())} of {total} in the store"
+    )
+    print(f"tiles   {tiles} per slice" + ("" if store.grid.tiled else " (not tiled)"))
+    print(f"time    {report.seconds:.1f} s, {rate}")
+    return 0
+
+
+def _interrupted(store: EmbeddingStore, before: int) -> int:
+    now = int(store.done().sum())
+    print(
+        f"napari-segany: interrupted: {now - before} slice(s) embedded in this run, "
+        f"{now} of {len(store)} in {store.path}; rerun the same command to resume",
+        file=sys.stderr,
+    )
+    return 130
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C: finish the batch in flight, then stop. Second: stop at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            "\nnapari-segany: stopping after the batch in flight (Ctrl-C again to stop now)",
+            file=sys.stderr,
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _size(nbytes: int | None) -> str:
