@@ -181,3 +181,17 @@ def test_reduced_precision_encoder_stays_close_to_float32(mobile_sam: SamModel) 
 def test_unknown_precision_is_refused_before_any_download() -> None:
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         load_model("vit_h", device="cpu", precision="fp8")
+
+
+def test_allocator_tuning_is_a_switch() -> None:
+    import platform
+    import subprocess
+    import sys
+
+    code = "from napari_segany.device import keep_large_allocations as k; print(k())"
+    tuned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = {"NAPARI_SEGANY_KEEP_MALLOC": "1", "PATH": ""}
+    left = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert tuned.stdout.strip() == "True"
+    assert left.stdout.strip() == "False"

@@ -36,3 +36,37 @@ def choose_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} asked for, but MPS is not available here")
     return resolved
+
+
+_ALLOCATOR_TUNED = False
+
+
+def keep_large_allocations() -> bool:
+    """Let glibc reuse freed large blocks instead of returning them to the system.
+
+    By default glibc maps every block over 32 MiB afresh and unmaps it when freed, so
+    each of the encoder's 64 MiB activations pays for page faults again (about a quarter
+    of MobileSAM's CPU encoder time). Raising the mmap and trim thresholds keeps such
+    blocks in the heap for reuse; the price is that the process keeps its peak memory.
+    Applied once per process by :func:`napari_segany.load_model` for CPU models with
+    ``fast=True``; ``NAPARI_SEGANY_KEEP_MALLOC=1`` leaves the allocator alone. Returns
+    whether the setting is in force (False off glibc).
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("NAPARI_SEGANY_KEEP_MALLOC"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another libc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 1 << 31)
+    _ALLOCATOR_TUNED = bool(ok)
+    return _ALLOCATOR_TUNED

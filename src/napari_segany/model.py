@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .device import choose_device
+from .device import choose_device, keep_large_allocations
 from .models import Sam, build_sam, infer_architecture
 from .models.fast import fold_batchnorm, set_fused_attention
 from .preprocess import model_input
@@ -284,8 +284,9 @@ def load_model(
         inferred from the checkpoint when None.
     fast
         Inference fast paths: fused attention kernels, BatchNorm folded into convolutions,
-        channels-last memory, bf16 autocast of the encoder on CUDA. False gives the plain
-        float32 path of the reference implementation (for comparisons).
+        channels-last memory, bf16 autocast of the encoder on CUDA, and on the CPU large
+        freed blocks kept for reuse (:func:`napari_segany.device.keep_large_allocations`).
+        False gives the plain float32 path of the reference implementation.
     precision
         The image encoder's arithmetic: ``"auto"`` (bfloat16 autocast on CUDA GPUs that
         support it when ``fast``, else float32), ``"float32"``, ``"bfloat16"`` or
@@ -332,6 +333,8 @@ def load_model(
     del checkpoint, state
 
     set_fused_attention(net, fast)
+    if fast and target.type == "cpu":
+        keep_large_allocations()
     if fast:
         fold_batchnorm(net)
         net = net.to(memory_format=torch.channels_last)
