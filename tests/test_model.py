@@ -195,3 +195,13 @@ def test_allocator_tuning_is_a_switch() -> None:
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert tuned.stdout.strip() == "True"
     assert left.stdout.strip() == "False"
+
+
+def test_rgb_images_prepare_without_sharing_read_only_buffers(mobile_sam: SamModel) -> None:
+    """PIL and some readers hand out read-only arrays; torch would warn (an error here)."""
+    frozen = np.zeros((512, 1024, 3), dtype=np.uint8)  # no resize needed: the array itself
+    frozen.flags.writeable = False
+    prepared, resized = mobile_sam.prepare(frozen)
+    assert resized == (512, 1024) and prepared.shape == (3, 1024, 1024)
+    _, resized = mobile_sam.prepare(np.zeros((300, 200, 3), dtype=np.uint8))  # PIL's buffer
+    assert resized == (1024, 683)

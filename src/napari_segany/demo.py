@@ -17,10 +17,10 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from .intensity import percentile_limits, scale_to_model
 from .model import load_model
 from .overlay import overlay, save_png
 from .sample_data import nuclei_volume
+from .volume import open_volume
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     volume, truth = nuclei_volume()
     z = volume.shape[0] // 2
-    limits = percentile_limits(volume[:: max(1, volume.shape[0] // 4)])
-    image = scale_to_model(volume[z], limits)
+    image = open_volume(volume).model_slice(z)  # limits decided once for the volume
     target, click = _click_inside(truth[z])
 
     sam = load_model(model, device=device)

@@ -30,8 +30,7 @@ def resize_longest_side(image: np.ndarray, long_side: int = 1024) -> np.ndarray:
     if (new_h, new_w) == (h, w):
         return image
     pil = Image.fromarray(np.ascontiguousarray(image))
-    # np.array, not np.asarray: PIL's buffer is read-only, and torch refuses to share it
-    return np.array(pil.resize((new_w, new_h), Image.Resampling.BILINEAR))
+    return np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR))
 
 
 def model_input(image: np.ndarray, long_side: int = 1024) -> np.ndarray:
@@ -52,4 +51,6 @@ def model_input(image: np.ndarray, long_side: int = 1024) -> np.ndarray:
     resized = resize_longest_side(to_uint8(array), long_side)
     if resized.ndim == 2:  # grey: resize once, then the three identical channels
         resized = np.repeat(resized[:, :, None], 3, axis=2)
+    elif not resized.flags.writeable:  # PIL's (or a reader's) buffer: torch cannot share it
+        resized = resized.copy()
     return resized

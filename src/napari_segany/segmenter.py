@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,15 +45,6 @@ class Prompt:
     labels: np.ndarray | None = None
     box: np.ndarray | None = None
     mask: np.ndarray | torch.Tensor | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        """A JSON-able description (for annotation logs); low-res logits are not kept."""
-        return {
-            "points": None if self.points is None else np.asarray(self.points).tolist(),
-            "labels": None if self.labels is None else np.asarray(self.labels).tolist(),
-            "box": None if self.box is None else np.asarray(self.box).tolist(),
-            "mask": self.mask is not None,
-        }
 
 
 @dataclass
