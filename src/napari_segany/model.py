@@ -18,6 +18,7 @@ import torch
 from .device import choose_device, keep_large_allocations
 from .models import Sam, build_sam, infer_architecture
 from .models.fast import fold_batchnorm, set_fused_attention
+from .models.fast_decoder import FastDecoder
 from .preprocess import model_input
 from .prompts import as_tensor, boxes_to_model, points_to_model
 
@@ -111,6 +112,10 @@ class SamModel:
         The :class:`~napari_segany.models.Sam` network (eval mode).
     autocast_dtype
         Reduced precision used for the encoder (bf16 on CUDA by default), or None.
+    fast
+        Whether the fast paths are on; for the decoder this means
+        :class:`~napari_segany.models.fast_decoder.FastDecoder`, which keeps the last
+        image's prompt-independent work between calls.
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class SamModel:
         checkpoint: Path | None = None,
         sha256: str | None = None,
         autocast_dtype: torch.dtype | None = None,
+        fast: bool = False,
     ) -> None:
         self.net = net
         self.name = name
@@ -131,6 +137,8 @@ class SamModel:
         self.checkpoint = checkpoint
         self._sha256 = sha256
         self.autocast_dtype = autocast_dtype
+        self.fast = fast
+        self._fast_decoder: FastDecoder | None = None
 
     def __repr__(self) -> str:
         return f"SamModel({self.name!r}, architecture={self.architecture!r}, device={self.device})"
@@ -229,12 +237,20 @@ class SamModel:
         if mask_logits is not None:
             m = torch.as_tensor(mask_logits, dtype=torch.float32, device=dev)
             model_masks = m.reshape(-1, 1, *m.shape[-2:])
-        low_res, iou = self.net.decode(
-            embedding.features,
-            points=model_points,
-            boxes=model_boxes,
-            mask_logits=model_masks,
-            multimask_output=multimask,
+        if not self.fast:
+            low_res, iou = self.net.decode(
+                embedding.features,
+                points=model_points,
+                boxes=model_boxes,
+                mask_logits=model_masks,
+                multimask_output=multimask,
+            )
+            return Decoded(low_res, iou)
+        if self._fast_decoder is None:
+            self._fast_decoder = FastDecoder(self.net.prompt_encoder, self.net.mask_decoder)
+        sparse, dense = self.net.prompt_encoder(model_points, model_boxes, model_masks)
+        low_res, iou = self._fast_decoder(
+            embedding.features, sparse, None if model_masks is None else dense, multimask
         )
         return Decoded(low_res, iou)
 
@@ -284,7 +300,8 @@ def load_model(
         inferred from the checkpoint when None.
     fast
         Inference fast paths: fused attention kernels, BatchNorm folded into convolutions,
-        channels-last memory, bf16 autocast of the encoder on CUDA, and on the CPU large
+        channels-last memory, bf16 autocast of the encoder on CUDA, the rearranged decoder
+        (:mod:`napari_segany.models.fast_decoder`), and on the CPU large
         freed blocks kept for reuse (:func:`napari_segany.device.keep_large_allocations`).
         False gives the plain float32 path of the reference implementation.
     precision
@@ -347,6 +364,7 @@ def load_model(
         checkpoint=Path(path),
         sha256=entry.sha256 if entry is not None else None,
         autocast_dtype=autocast_dtype,
+        fast=fast,
     )
 
 
