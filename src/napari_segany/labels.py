@@ -29,6 +29,7 @@ from .labels_files import (
     find_labels,
     make_labels,
 )
+from .labels_import import import_labels
 from .labels_journal import Journal, JournalError, now
 from .labels_layout import DTYPE, Level, open_levels
 from .labels_lock import StoreLockedError
@@ -130,6 +131,61 @@ class LabelsStore:
         return cls(path=root, name=name, levels=levels, changes=changes)
 
     @classmethod
+    def from_array(
+        cls,
+        path: str | os.PathLike[str],
+        data: Any,
+        *,
+        name: str = "segany",
+        chunks: Sequence[int] = (1, 256, 256),
+        image: str | os.PathLike[str] | None = None,
+        scale: Sequence[float] | None = None,
+        translation: Sequence[float] | None = None,
+        overwrite: bool = False,
+        history: int = 100,
+    ) -> LabelsStore:
+        """Labels holding ``data``, e.g. a whole segmentation, opened for writing.
+
+        Goes where :meth:`create` puts labels, under the same rules for what may be
+        replaced. ``data`` (numpy, dask, zarr, any array-like) is read a band of chunks at a
+        time and written beside ``path`` first: until the labels are complete nothing at
+        ``path`` changes, so bad values or a crash leave what was there as it was (see
+        :mod:`.labels_import`). The ids in ``data`` count as already used; the new labels
+        start with an empty log.
+
+        Parameters
+        ----------
+        path, name, chunks, image, overwrite, history
+            As for :meth:`create`.
+        data
+            Integer or bool ids, ``(Z, Y, X)`` or ``(Y, X)``; cast to uint32.
+        scale, translation
+            ``(z, y, x)`` or ``(y, x)`` physical pixel size and offset of a store of its own
+            (with ``image`` they come from the image).
+
+        Raises
+        ------
+        TypeError
+            ``data`` is not integer or bool.
+        ValueError
+            Negative ids or ids above ``2**32 - 1``, and what :meth:`create` refuses.
+        FileExistsError, StoreLockedError
+            As for :meth:`create`.
+        """
+        path = Path(path).expanduser()
+        import_labels(
+            path,
+            data,
+            name=check_name(name),
+            chunks=check_chunks(chunks),
+            image=None if image is None else Path(image).expanduser(),
+            scale=scale,
+            translation=translation,
+            overwrite=overwrite,
+        )
+        return cls.open(path, name=name, history=history)
+
+    @classmethod
     def open(
         cls,
         path: str | os.PathLike[str],
@@ -198,6 +254,15 @@ class LabelsStore:
         return f"LabelsStore({str(self.path)!r}, name={self.name!r}, shape={self.shape}, {mode})"
 
     # -- reading --------------------------------------------------------------------------
+
+    @property
+    def array(self) -> zarr.Array:
+        """The full-resolution ``(Z, Y, X)`` uint32 array, e.g. to back a napari layer.
+
+        Read it freely; write objects through :meth:`commit` (direct writes bypass the
+        log, undo and the lower pyramid levels).
+        """
+        return self._levels[0].array
 
     @property
     def shape(self) -> tuple[int, int, int]:

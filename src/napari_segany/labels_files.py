@@ -141,18 +141,30 @@ def _missing_message(root: Path, name: str) -> str:
 
 def _clear_labels(label_dir: Path, overwrite: bool, *, what: str) -> None:
     """Make room for new labels at ``label_dir``, deleting old ones only when allowed."""
+    if check_replaceable_labels(label_dir, overwrite, what=what):
+        shutil.rmtree(label_dir)
+
+
+def check_replaceable_labels(label_dir: Path, overwrite: bool, *, what: str) -> bool:
+    """Whether labels exist at ``label_dir``; raises unless they may be replaced."""
     if not label_dir.exists():
-        return
+        return False
     if not overwrite:
         raise FileExistsError(f"{what} already exist; pass overwrite=True to replace them")
     if not (label_dir / "zarr.json").is_file():
         raise FileExistsError(f"{str(label_dir)!r} exists but is not a zarr group: not touching it")
     refuse_if_locked(label_dir / SIDECAR / "lock")
-    shutil.rmtree(label_dir)
+    return True
 
 
 def _clear_store(root: Path, overwrite: bool) -> None:
     """Make room for a labels store of its own at ``root``, deleting only an old one."""
+    check_replaceable_store(root, overwrite)
+    shutil.rmtree(root)
+
+
+def check_replaceable_store(root: Path, overwrite: bool) -> None:
+    """Raise unless the existing ``root`` may be replaced by a labels store of its own."""
     if not overwrite:
         raise FileExistsError(
             f"{str(root)!r} already exists; pass overwrite=True to replace it, or "
@@ -168,4 +180,3 @@ def _clear_store(root: Path, overwrite: bool) -> None:
         )
     for lock in (root / "labels").glob(f"*/{SIDECAR}/lock"):
         refuse_if_locked(lock)
-    shutil.rmtree(root)
