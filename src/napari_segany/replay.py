@@ -19,6 +19,7 @@ from .segmenter import Prompt
 
 if TYPE_CHECKING:
     from .labels import LabelsStore
+    from .model import SamModel
     from .segmenter import Segmenter
 
 KIND = "napari-segany.prompt"
@@ -95,6 +96,30 @@ def segment(
     return segmenter.propagate(z, pred.mask, **options)
 
 
+def annotation_record(
+    model: SamModel,
+    z: int,
+    prompt: Prompt,
+    *,
+    multimask: bool | None = None,
+    candidate: int | None = None,
+    propagate: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The log entry that lets :func:`replay` redo an object (see :func:`segment`)."""
+    if propagate is not None and isinstance(propagate.get("stop"), StopRule):
+        propagate = {**propagate, "stop": asdict(propagate["stop"])}
+    return {
+        "kind": KIND,
+        "version": VERSION,
+        "z": int(z),
+        "prompt": prompt_record(prompt),
+        "multimask": multimask,
+        "candidate": None if candidate is None else int(candidate),
+        "propagate": propagate,
+        "model": {"name": model.name, "architecture": model.architecture, "sha256": model.sha256},
+    }
+
+
 def annotate(
     labels: LabelsStore,
     segmenter: Segmenter,
@@ -112,17 +137,14 @@ def annotate(
     mask = segment(
         segmenter, z, prompt, multimask=multimask, candidate=candidate, propagate=propagate
     )
-    model = segmenter.model
-    record = {
-        "kind": KIND,
-        "version": VERSION,
-        "z": int(z),
-        "prompt": prompt_record(prompt),
-        "multimask": multimask,
-        "candidate": candidate,
-        "propagate": propagate,
-        "model": {"name": model.name, "architecture": model.architecture, "sha256": model.sha256},
-    }
+    record = annotation_record(
+        segmenter.model,
+        z,
+        prompt,
+        multimask=multimask,
+        candidate=candidate,
+        propagate=propagate,
+    )
     if mask.ndim == 3:
         return labels.commit(mask, overlap=overlap, record=record)
     return labels.commit(mask, z=z, overlap=overlap, record=record)

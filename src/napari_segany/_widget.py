@@ -1,0 +1,654 @@
+"""The "Segment Anything" dock widget: click cells, see masks at once, commit, carry through z.
+
+Everything slow runs in napari thread workers: loading the model and opening the
+session, embedding (the slice on screen first, then its neighbours, or the whole volume),
+decoding (latest wins: while one decode runs, only the newest request waits), and
+propagation. The GUI thread only reads prompt layers and shows results. See
+``docs/napari.md`` for the user's guide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Points, Shapes
+from napari.qt.threading import FunctionWorker, GeneratorWorker, create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import _widget_layers as layers
+from .embeddings import NotEmbeddedError
+from .propagate import StopRule
+from .session import EmbeddingQueue, Preview, Session, volume_from_layer
+
+#: Keys bound on the viewer while the widget is open: (key, method name, what it does).
+SHORTCUTS = (
+    ("c", "commit", "commit the preview as new object(s)"),
+    ("x", "clear_prompts", "clear the prompts on this slice"),
+    ("n", "next_candidate", "next candidate mask"),
+    ("t", "toggle_sign", "next points negative / positive"),
+    ("Shift-P", "propagate", "carry the preview through z"),
+    ("Shift-Z", "undo", "undo the last commit"),
+    ("Shift-Y", "redo", "redo"),
+)
+
+
+def _unwrap(obj: Any) -> Any:
+    """The object behind napari's public-only proxy (plugins get proxies of the viewer)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def _source_path(layer: Image) -> str | None:
+    path = getattr(layer.source, "path", None)
+    return str(path) if path else None
+
+
+class SegmentAnythingWidget(QWidget):
+    """Interactive Segment Anything for the image layers of a napari viewer.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it when the widget is opened from the Plugins menu).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session: Session | None = None
+        self.image: Image | None = None
+        self.points: Points | None = None
+        self.boxes: Shapes | None = None
+        self.preview_layer: Labels | None = None
+        self.labels_layer: Labels | None = None
+        self.preview: Preview | None = None
+        self._models: dict[tuple[str, str], Any] = {}
+        self._queue: EmbeddingQueue | None = None
+        self._start_worker: FunctionWorker | None = None
+        self._embed_worker: GeneratorWorker | None = None
+        self._decode_worker: FunctionWorker | None = None
+        self._propagate_worker: FunctionWorker | None = None
+        self._decode_again = False
+        self._waiting_for: int | None = None
+        self._generation = 0
+        self._closed = False
+        self._decode_generation = 0
+        self._propagating_z = 0
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(5)
+        self._debounce.timeout.connect(self._decode_now)
+        self._build()
+        self._connect_viewer()
+        self._refresh_images()
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        from .weights import list_models
+
+        self.image_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(list_models())
+        self.model_combo.setCurrentText("mobile_sam")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(_devices())
+        self.start_button = QPushButton("Start")
+        self.start_button.setToolTip("Open the image's session: embeddings and labels")
+        self.start_button.clicked.connect(self.start)
+
+        setup = QFormLayout()
+        setup.addRow("Image", self.image_combo)
+        setup.addRow("Model", self.model_combo)
+        setup.addRow("Device", self.device_combo)
+        setup.addRow(self.start_button)
+
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m slices")
+        self.embed_all_button = QPushButton("Embed all")
+        self.embed_all_button.clicked.connect(self.embed_all)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel_embedding)
+        self.status = QLabel("Pick an image and press Start.")
+        self.status.setWordWrap(True)
+        embed_row = QHBoxLayout()
+        embed_row.addWidget(self.embed_all_button)
+        embed_row.addWidget(self.cancel_button)
+        embedding = QVBoxLayout()
+        embedding.addWidget(self.progress)
+        embedding.addLayout(embed_row)
+        embedding.addWidget(self.status)
+        embedding_box = QGroupBox("Embeddings")
+        embedding_box.setLayout(embedding)
+
+        self.negative_check = QCheckBox("Negative points (T)")
+        self.negative_check.toggled.connect(self._sign_changed)
+        self.commit_button = QPushButton("Commit (C)")
+        self.clear_button = QPushButton("Clear (X)")
+        self.cycle_button = QPushButton("Next mask (N)")
+        self.undo_button = QPushButton("Undo (Shift+Z)")
+        self.redo_button = QPushButton("Redo (Shift+Y)")
+        self.propagate_button = QPushButton("Propagate through z (Shift+P)")
+        self.commit_button.clicked.connect(self.commit)
+        self.clear_button.clicked.connect(self.clear_prompts)
+        self.cycle_button.clicked.connect(self.next_candidate)
+        self.undo_button.clicked.connect(self.undo)
+        self.redo_button.clicked.connect(self.redo)
+        self.propagate_button.clicked.connect(self.propagate)
+        self.min_overlap = _spin(StopRule.min_overlap, "Least overlap with the previous slice")
+        self.min_score = _spin(StopRule.min_score, "Least predicted IoU")
+        self.preview_info = QLabel("")
+        grid = QGridLayout()
+        grid.addWidget(self.negative_check, 0, 0, 1, 2)
+        grid.addWidget(self.commit_button, 1, 0)
+        grid.addWidget(self.clear_button, 1, 1)
+        grid.addWidget(self.cycle_button, 2, 0)
+        grid.addWidget(self.undo_button, 3, 0)
+        grid.addWidget(self.redo_button, 3, 1)
+        grid.addWidget(self.preview_info, 2, 1)
+        stop = QFormLayout()
+        stop.addRow("Stop below overlap", self.min_overlap)
+        stop.addRow("Stop below score", self.min_score)
+        stop.addRow(self.propagate_button)
+        grid.addLayout(stop, 4, 0, 1, 2)
+        objects_box = QGroupBox("Objects")
+        objects_box.setLayout(grid)
+
+        self.save_button = QPushButton("Save labels as…")
+        self.save_button.clicked.connect(self.save_labels_dialog)
+
+        outer = QVBoxLayout(self)
+        outer.addLayout(setup)
+        outer.addWidget(embedding_box)
+        outer.addWidget(objects_box)
+        outer.addWidget(self.save_button)
+        outer.addStretch(1)
+        self._enable(False)
+
+    def _enable(self, ready: bool) -> None:
+        for button in (
+            self.embed_all_button,
+            self.commit_button,
+            self.clear_button,
+            self.cycle_button,
+            self.undo_button,
+            self.redo_button,
+            self.propagate_button,
+            self.save_button,
+            self.negative_check,
+        ):
+            button.setEnabled(ready)
+        self.cancel_button.setEnabled(False)
+
+    def _connect_viewer(self) -> None:
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._layer_removed)
+        self.viewer.dims.events.current_step.connect(self._slice_changed)
+        for key, name, _ in SHORTCUTS:
+            method = getattr(self, name)
+            self.viewer.bind_key(key, _Shortcut(self, method), overwrite=True)
+
+    def _refresh_images(self, *_: Any) -> None:
+        current = self.image_combo.currentText()
+        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+
+    # -- starting a session -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the chosen image's session in a worker (model, embeddings, labels)."""
+        name = self.image_combo.currentText()
+        if name not in self.viewer.layers:
+            show_warning("Segment Anything: add an image layer first")
+            return
+        image = self.viewer.layers[name]
+        self.stop()
+        self.image = image
+        model_key = (self.model_combo.currentText(), self.device_combo.currentText())
+        self.status.setText(f"Loading {model_key[0]} and opening the session…")
+        self.start_button.setEnabled(False)
+        data, rgb, multiscale = image.data, image.rgb, image.multiscale
+        source = _source_path(image)
+        worker = create_worker(
+            self._open_session, data, rgb, multiscale, source, model_key, _start_thread=False
+        )
+        worker.returned.connect(self._session_ready)
+        worker.errored.connect(self._start_failed)
+        worker.finished.connect(self._start_finished)
+        self._start_worker = worker
+        worker.start()
+
+    def _open_session(
+        self, data: Any, rgb: bool, multiscale: bool, source: str | None, model_key: tuple
+    ) -> Session:
+        from .model import load_model
+
+        if model_key not in self._models:
+            name, device = model_key
+            self._models[model_key] = load_model(name, device, progress=False)
+        volume = volume_from_layer(data, rgb=rgb, multiscale=multiscale)
+        return Session.open(volume, self._models[model_key], source=source)
+
+    def _start_failed(self, err: Exception) -> None:
+        self.status.setText(f"Could not start: {err}")
+        show_error(f"Segment Anything could not start: {err}")
+
+    def _session_ready(self, session: Session) -> None:
+        if self._closed or self.image is None or self.image.name not in self.viewer.layers:
+            session.close()
+            return
+        self.session = session
+        image = self.image
+        self.labels_layer = self._add(layers.make_labels(image, session.labels.array))
+        self.preview_layer = self._add(layers.make_preview(image))
+        self.boxes = self._add(layers.make_boxes(image))
+        self.points = self._add(layers.make_points(image))
+        self.points.events.data.connect(self._prompts_changed)
+        self.boxes.events.data.connect(self._prompts_changed)
+        self.viewer.layers.selection.active = self.points
+        self._queue = EmbeddingQueue(len(session.volume))
+        self._queue.look_at(self._current_z())
+        self.progress.setMaximum(len(self._queue.wanted()))
+        self._enable(True)
+        done = int(session.store.done().sum())
+        self.status.setText(
+            f"Session in {session.workspace}: {done} of {len(session.volume)} slice(s) "
+            f"embedded, {len(session.labels.log())} object(s) committed earlier."
+        )
+        if session.read_only:
+            show_warning(
+                f"Segment Anything: the labels in {session.workspace} are being written by "
+                "another process; they are shown read-only and commits are refused"
+            )
+        self._embed()
+
+    def _add(self, layer: Any) -> Any:
+        if layer.name in self.viewer.layers:
+            self.viewer.layers.remove(layer.name)
+        return self.viewer.add_layer(layer)
+
+    def stop(self, wait: bool = False) -> None:
+        """Stop the workers and close the session (the labels stay on disk).
+
+        Parameters
+        ----------
+        wait
+            Block until the workers have finished (a propagation runs to its end).
+        """
+        self._generation += 1
+        for worker in (self._embed_worker, self._propagate_worker):
+            if worker is not None:
+                worker.quit()
+        if wait:
+            FunctionWorker.await_workers(msecs=120_000)
+        if self.session is not None:
+            self.session.close()
+        self.session = None
+        self.preview = None
+        self._enable(False)
+
+    # -- embedding --------------------------------------------------------------------------
+
+    def _current_z(self) -> int:
+        if self.image is None or self.image.ndim == 2:
+            return 0
+        world = self.viewer.dims.point[-3]
+        z = self.image.world_to_data([world, 0, 0])[0] if self.image.ndim == 3 else 0
+        n = len(self.session.volume) if self.session is not None else 1
+        return int(min(max(round(z), 0), n - 1))
+
+    def _embed(self) -> None:
+        """Run the embedding worker if wanted slices are missing and none runs."""
+        if self.session is None or self._queue is None or self._embed_worker is not None:
+            return
+        if self._queue.next(self.session.store.done()) is None:
+            return
+        worker = create_worker(self._queue.run, self.session, _start_thread=False)
+        worker.yielded.connect(self._embedded)
+        worker.errored.connect(self._embed_failed)
+        worker.finished.connect(self._embedding_finished)
+        self._embed_worker = worker
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"Embedding slice {self._queue.next(self.session.store.done())}…")
+        worker.start()
+
+    def _embedded(self, update: tuple[int, int, int]) -> None:
+        if self._closed:
+            return
+        z, done, wanted = update
+        self.progress.setMaximum(wanted)
+        self.progress.setValue(done)
+        self.status.setText(f"Slice {z} embedded ({done} of {wanted} wanted).")
+        if self._waiting_for == z:
+            self._waiting_for = None
+            self._request_decode()
+
+    def _embed_failed(self, err: Exception) -> None:
+        self._report("embedding failed", err)
+
+    def _start_finished(self) -> None:
+        if not self._closed:
+            self.start_button.setEnabled(True)
+
+    def _embedding_finished(self) -> None:
+        self._embed_worker = None
+        self.cancel_button.setEnabled(False)
+        if not self._closed and self.session is not None and self._queue is not None:
+            self._embed()  # the user may have moved on meanwhile
+
+    def embed_all(self) -> None:
+        """Embed every slice of the volume, the one on screen first."""
+        if self._queue is not None:
+            self._queue.want_all()
+            self.progress.setMaximum(len(self._queue.wanted()))
+            self._embed()
+
+    def cancel_embedding(self) -> None:
+        """Stop embedding after the slice in progress (finished slices are kept)."""
+        if self._queue is not None:
+            self._queue.want_all(False)
+        if self._embed_worker is not None:
+            self._embed_worker.quit()
+            self.status.setText("Embedding cancelled; finished slices are kept.")
+
+    def _slice_changed(self, *_: Any) -> None:
+        if self.session is None or self._queue is None:
+            return
+        z = self._current_z()
+        self._queue.look_at(z)
+        if self.preview is not None and self.preview.z != z:
+            self.preview = None
+            self._show(None)
+        self._embed()
+        self._request_decode()
+
+    # -- decoding (latest wins) --------------------------------------------------------------
+
+    def _prompts_changed(self, event: Any = None) -> None:
+        self._color_points()
+        self._request_decode()
+
+    def _color_points(self) -> None:
+        points = self.points
+        if points is None or not len(points.data):
+            return
+        signs = np.asarray(points.features[layers.SIGN], dtype=bool)
+        colors = np.where(signs[:, None], layers.POSITIVE_COLOR, layers.NEGATIVE_COLOR)
+        if not np.array_equal(points.face_color, colors):
+            points.face_color = colors
+
+    def _request_decode(self) -> None:
+        self._debounce.start()
+
+    def _decode_now(self) -> None:
+        if self.session is None or self.image is None:
+            return
+        if self._decode_worker is not None:
+            self._decode_again = True  # the newest request waits; older ones are dropped
+            return
+        z = self._current_z()
+        pts, signs, boxes = layers.prompts_on_slice(self.points, self.boxes, z, self.image.ndim)
+        if not len(boxes) and not signs.any():
+            self.preview = None
+            self._show(None)
+            return
+        if not self.session.is_embedded(z):
+            self._waiting_for = z  # decoded as soon as the slice is embedded
+            self.status.setText(f"Waiting for slice {z}'s embedding; your prompts are kept.")
+            self._embed()
+            return
+        self._decode_generation = self._generation
+        worker = create_worker(self.session.preview, z, pts, signs, boxes, _start_thread=False)
+        worker.returned.connect(self._decoded)
+        worker.errored.connect(self._decode_failed)
+        worker.finished.connect(self._decode_finished)
+        self._decode_worker = worker
+        worker.start()
+
+    def _decoded(self, preview: Preview | None) -> None:
+        if self._decode_generation != self._generation or self._decode_again or self._closed:
+            return  # stale: the session changed or newer prompts wait
+        if preview is not None and preview.z != self._current_z():
+            return
+        self.preview = preview
+        self._show(preview)
+
+    def _decode_failed(self, err: Exception) -> None:
+        if isinstance(err, NotEmbeddedError):
+            self._waiting_for = self._current_z()
+            self._embed()
+            return
+        self._report("the prompts could not be decoded", err)
+
+    def _decode_finished(self) -> None:
+        self._decode_worker = None
+        if self._decode_again and not self._closed:
+            self._decode_again = False
+            self._decode_now()
+
+    def _show(self, preview: Preview | None) -> None:
+        if self.preview_layer is None or self.image is None:
+            return
+        z = self._current_z() if preview is None else preview.z
+        layers.show_preview(
+            self.preview_layer, self.image, z, None if preview is None else preview.labels()
+        )
+        if preview is None:
+            self.preview_info.setText("")
+        else:
+            scores = ", ".join(f"{p.score:.2f}" for p in preview.predictions)
+            which = preview.predictions[0]
+            self.preview_info.setText(f"mask {which.index + 1}/{len(which.scores)}, score {scores}")
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _busy(self) -> bool:
+        if self._propagate_worker is not None:
+            show_info("Segment Anything: wait for the propagation to finish")
+            return True
+        return False
+
+    def commit(self) -> list[int]:
+        """Add the preview's objects to the labels (and the store on disk); their ids."""
+        if self.session is None or self.preview is None or self._busy():
+            return []
+        preview = self.preview
+        try:
+            ids = self.session.commit(preview)
+        except Exception as err:  # a read-only or locked store: say so, lose nothing
+            self._report("the objects could not be committed", err)
+            return []
+        self._after_commit(preview.z, ids)
+        return ids
+
+    def _after_commit(self, z: int, ids: list[int]) -> None:
+        self.preview = None
+        self._show(None)
+        if self.image is not None:
+            layers.remove_prompts_on_slice(self.points, self.boxes, z, self.image.ndim)
+        if self.labels_layer is not None:
+            self.labels_layer.refresh()
+        self.status.setText(f"Committed object(s) {', '.join(map(str, ids))}.")
+
+    def clear_prompts(self) -> None:
+        """Remove the prompts on the slice on screen and its preview."""
+        if self.image is None:
+            return
+        layers.remove_prompts_on_slice(self.points, self.boxes, self._current_z(), self.image.ndim)
+        self.preview = None
+        self._show(None)
+
+    def next_candidate(self) -> None:
+        """Show every object's next candidate mask."""
+        if self.preview is not None:
+            self.preview = self.preview.cycle()
+            self._show(self.preview)
+
+    def toggle_sign(self) -> None:
+        """Switch the next points between positive and negative."""
+        self.negative_check.setChecked(not self.negative_check.isChecked())
+
+    def _sign_changed(self, negative: bool) -> None:
+        if self.points is not None:
+            layers.set_sign(self.points, not negative)
+
+    def undo(self) -> int | None:
+        """Undo the last commit; the id removed."""
+        if self.session is None or self._busy():
+            return None
+        removed = self.session.undo()
+        self._labels_changed("undid object" if removed else "nothing to undo", removed)
+        return removed
+
+    def redo(self) -> int | None:
+        """Redo the last undone commit; its id."""
+        if self.session is None or self._busy():
+            return None
+        restored = self.session.redo()
+        self._labels_changed("redid object" if restored else "nothing to redo", restored)
+        return restored
+
+    def _labels_changed(self, what: str, label_id: int | None) -> None:
+        if self.labels_layer is not None:
+            self.labels_layer.refresh()
+        self.status.setText(f"{what} {label_id or ''}".strip() + ".")
+
+    def stop_rule(self) -> StopRule:
+        """The propagation stop rule from the widget's settings."""
+        return StopRule(min_overlap=self.min_overlap.value(), min_score=self.min_score.value())
+
+    def propagate(self) -> None:
+        """Carry the preview's objects through z (in a worker) and commit them."""
+        if self.session is None or self.preview is None or self._busy():
+            if self.preview is None:
+                show_info("Segment Anything: place prompts first, then propagate")
+            return
+        preview, session = self.preview, self.session
+        worker = create_worker(
+            session.propagate, preview, stop=self.stop_rule(), _start_thread=False
+        )
+        self._propagating_z = preview.z
+        worker.returned.connect(self._propagated)
+        worker.errored.connect(self._propagate_failed)
+        worker.finished.connect(self._propagation_finished)
+        self._propagate_worker = worker
+        self.propagate_button.setEnabled(False)
+        self.status.setText("Propagating through z…")
+        worker.start()
+
+    def _propagated(self, ids: list[int]) -> None:
+        if not self._closed:
+            self._after_commit(self._propagating_z, ids)
+
+    def _propagate_failed(self, err: Exception) -> None:
+        self._report("propagation failed", err)
+
+    def _propagation_finished(self) -> None:
+        self._propagate_worker = None
+        self.propagate_button.setEnabled(self.session is not None)
+
+    def save_labels(self, path: str | Path) -> Path:
+        """Write the committed labels to a new OME-Zarr at ``path``."""
+        if self.labels_layer is None:
+            raise RuntimeError("start a session first")
+        from ._napari_io import write_labels
+
+        written = write_labels(str(path), np.asarray(self.labels_layer.data), {})
+        self.status.setText(f"Labels saved to {written[0]}.")
+        return Path(written[0])
+
+    def save_labels_dialog(self) -> None:
+        """Ask where, then :meth:`save_labels`."""
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels as OME-Zarr", "labels.ome.zarr")
+        if path:
+            try:
+                self.save_labels(path)
+            except Exception as err:
+                self._report("the labels could not be saved", err)
+
+    # -- bad moments --------------------------------------------------------------------------
+
+    def _report(self, what: str, err: Exception) -> None:
+        if self._closed:
+            return
+        self.status.setText(f"Segment Anything: {what}: {err}")
+        show_error(f"Segment Anything: {what}: {err}")
+
+    def _layer_removed(self, event: Any) -> None:
+        self._refresh_images()
+        removed = _unwrap(event.value)
+        if removed is _unwrap(self.image):
+            self.stop()
+            self.image = None
+            self.status.setText("The image layer was removed; the session was closed.")
+        elif removed is _unwrap(self.points):
+            self.points = None
+        elif removed is _unwrap(self.boxes):
+            self.boxes = None
+        elif removed is _unwrap(self.preview_layer):
+            self.preview_layer = None
+        elif removed is _unwrap(self.labels_layer):
+            self.labels_layer = None
+
+    def close_session(self) -> None:
+        """Stop everything and wait for the workers (before the viewer closes)."""
+        self._closed = True
+        self._debounce.stop()
+        self.stop(wait=True)
+        for key, _, _ in SHORTCUTS:
+            self.viewer.keymap.pop(key, None)
+
+    def closeEvent(self, event: Any) -> None:
+        self.close_session()
+        super().closeEvent(event)
+
+
+class _Shortcut:
+    """A viewer key binding that calls a widget method, and nothing once the widget is gone."""
+
+    def __init__(self, widget: SegmentAnythingWidget, method: Any) -> None:
+        self._widget, self._name = widget, method.__name__
+
+    def __call__(self, _viewer: Any) -> None:
+        if not self._widget._closed:
+            getattr(self._widget, self._name)()
+
+
+def _spin(value: float, tip: str) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(0.0, 1.0)
+    box.setSingleStep(0.05)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+def _devices() -> list[str]:
+    import torch
+
+    found = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found

@@ -1,0 +1,171 @@
+"""The napari layers the widget works with: prompts in, preview and labels out.
+
+Names the user sees: ``"<image> points"`` (positive points green, negative red),
+``"<image> boxes"`` (rectangles), ``"<image> preview"`` (what the current prompts give)
+and ``"<image> labels"`` (committed objects, backed by the workspace's OME-Zarr labels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Points, Shapes
+
+POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
+NEGATIVE_COLOR = np.array([1.0, 0.15, 0.15, 1.0])
+SIGN = "positive"
+
+
+class FirstSlice:
+    """A ``(Y, X)`` view of a ``(1, Y, X)`` array (a 2D image's labels store), writable."""
+
+    def __init__(self, array: Any) -> None:
+        self._array = array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._array.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def _key(self, key: Any) -> tuple:
+        return (0, *(key if isinstance(key, tuple) else (key,)))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self._array[self._key(key)])
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._array[self._key(key)] = value
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = np.asarray(self._array[0])
+        return out if dtype is None else out.astype(dtype)
+
+
+def slice_shape(image: Image) -> tuple[int, int]:
+    """``(Y, X)`` of the image's slices at full resolution."""
+    shape = image.data[0].shape if image.multiscale else image.data.shape
+    y, x = shape[-3:-1] if image.rgb else shape[-2:]
+    return int(y), int(x)
+
+
+def _geometry(image: Image) -> dict[str, Any]:
+    return {"scale": tuple(image.scale), "translate": tuple(image.translate)}
+
+
+def make_points(image: Image) -> Points:
+    """An empty prompt-points layer over ``image``; new points are positive."""
+    layer = Points(
+        np.empty((0, image.ndim)),
+        ndim=image.ndim,
+        name=f"{image.name} points",
+        features={SIGN: np.empty(0, dtype=bool)},
+        face_color=POSITIVE_COLOR,
+        border_color="white",
+        size=max(4.0, min(slice_shape(image)) / 64),
+        **_geometry(image),
+    )
+    layer.feature_defaults[SIGN] = True
+    layer.mode = "add"
+    return layer
+
+
+def set_sign(points: Points, positive: bool) -> None:
+    """Make the next points positive (True) or negative (False)."""
+    points.feature_defaults[SIGN] = positive
+    points.current_face_color = POSITIVE_COLOR if positive else NEGATIVE_COLOR  # type: ignore[assignment]
+
+
+def make_boxes(image: Image) -> Shapes:
+    """An empty rectangles layer over ``image`` for box prompts."""
+    layer = Shapes(
+        ndim=image.ndim,
+        name=f"{image.name} boxes",
+        edge_color="yellow",
+        face_color="transparent",
+        edge_width=2,
+        **_geometry(image),
+    )
+    layer.mode = "add_rectangle"
+    return layer
+
+
+def make_preview(image: Image) -> Labels:
+    """A one-slice labels layer that shows the preview on the slice it belongs to."""
+    yx = slice_shape(image)
+    data = np.zeros((1, *yx) if image.ndim == 3 else yx, dtype=np.uint8)
+    layer = Labels(data, name=f"{image.name} preview", opacity=0.55, **_geometry(image))
+    return layer
+
+
+def show_preview(preview_layer: Labels, image: Image, z: int, labels: np.ndarray | None) -> None:
+    """Put ``labels`` (``(Y, X)``, None to clear) on slice ``z`` of the preview layer."""
+    if image.ndim == 3:
+        translate = list(image.translate)
+        translate[0] = image.translate[0] + z * image.scale[0]
+        if tuple(preview_layer.translate) != tuple(translate):
+            preview_layer.translate = translate
+        shape = preview_layer.data.shape[1:]
+        preview_layer.data = np.zeros((1, *shape), np.uint8) if labels is None else labels[None]
+    else:
+        shape = preview_layer.data.shape
+        preview_layer.data = np.zeros(shape, np.uint8) if labels is None else labels
+
+
+def make_labels(image: Image, array: Any) -> Labels:
+    """A Labels layer backed by the labels store's level-0 array (never copied whole)."""
+    data = array if image.ndim == 3 else FirstSlice(array)
+    return Labels(data, name=f"{image.name} labels", **_geometry(image))
+
+
+def on_slice(coords: np.ndarray, z: int, ndim: int) -> np.ndarray:
+    """Which rows of ``(N, ndim)`` coordinates lie on slice ``z`` (all of them in 2D)."""
+    if ndim == 2 or len(coords) == 0:
+        return np.ones(len(coords), dtype=bool)
+    return np.round(coords[:, 0]).astype(int) == z
+
+
+def prompts_on_slice(
+    points: Points | None, boxes: Shapes | None, z: int, ndim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``(y, x)`` points, their signs and the ``(y0, x0, y1, x1)`` boxes on slice ``z``."""
+    yx = np.empty((0, 2))
+    signs = np.empty(0, dtype=bool)
+    if points is not None and len(points.data):
+        here = on_slice(points.data, z, ndim)
+        yx = points.data[here][:, -2:]
+        signs = np.asarray(points.features[SIGN], dtype=bool)[here]
+    found = []
+    if boxes is not None:
+        for kind, vertices in zip(boxes.shape_type, boxes.data, strict=True):
+            if kind != "rectangle" or not on_slice(vertices, z, ndim).all():
+                continue
+            y0, x0 = vertices[:, -2:].min(axis=0)
+            y1, x1 = vertices[:, -2:].max(axis=0)
+            found.append((y0, x0, y1, x1))
+    return yx, signs, np.asarray(found, dtype=float).reshape(-1, 4)
+
+
+def remove_prompts_on_slice(points: Points | None, boxes: Shapes | None, z: int, ndim: int) -> None:
+    """Delete the prompts on slice ``z`` (after a commit: they are in the log now)."""
+    if points is not None and len(points.data):
+        here = np.flatnonzero(on_slice(points.data, z, ndim))
+        if len(here):
+            points.selected_data = set(here.tolist())
+            points.remove_selected()
+    if boxes is not None and len(boxes.data):
+        here = [i for i, v in enumerate(boxes.data) if on_slice(v, z, ndim).all()]
+        if here:
+            boxes.selected_data = set(here)
+            boxes.remove_selected()

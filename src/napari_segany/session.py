@@ -1,0 +1,392 @@
+"""One image being annotated: the engine behind the napari widget, free of Qt.
+
+A :class:`Session` ties together the image (a :class:`~napari_segany.Volume` made from a
+napari layer's data), the model, the embedding store and the labels store of the image's
+workspace (:mod:`napari_segany.workspace`). It turns the prompts the user placed on a
+slice into a preview of objects (:meth:`Session.preview`), commits the preview as new
+objects with a replayable log entry each, undoes and redoes commits, and carries an object
+through z. The widget runs these calls in worker threads; the calls that write take a
+lock, so a commit from the GUI and a propagation in a worker never interleave.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embeddings import EmbeddingStore, StoreMismatchError, embed
+from .labels import LabelsStore
+from .labels_lock import StoreLockedError
+from .model import SamModel
+from .propagate import StopRule
+from .replay import annotation_record
+from .segmenter import Prediction, Prompt, Segmenter
+from .volume import Volume, open_volume
+from .workspace import LABELS, embeddings_name, workspace_for
+
+
+def volume_from_layer(data: Any, *, rgb: bool = False, multiscale: bool = False) -> Volume:
+    """A volume over a napari image layer's data (lazy for dask, zarr and pyramids).
+
+    Parameters
+    ----------
+    data
+        The layer's ``data``: ``(Y, X)``, ``(Z, Y, X)``, RGB ``(Y, X, 3)`` or
+        ``(Z, Y, X, 3)``; a list of such arrays for a multiscale layer (the full
+        resolution is segmented).
+    rgb, multiscale
+        The layer's flags.
+
+    Raises
+    ------
+    ValueError
+        Data with more dimensions than a volume (time series or channels not split).
+    """
+    levels = list(data) if multiscale else [data]
+    ndim = len(levels[0].shape) - (1 if rgb else 0)
+    if ndim not in (2, 3):
+        kind = "RGB " if rgb else ""
+        raise ValueError(
+            f"the {kind}image has {ndim} spatial/time dimensions; Segment Anything works on "
+            "2D images and 3D (Z, Y, X) volumes: split channels or pick one time point first"
+        )
+    axes = ("ZYX" if ndim == 3 else "YX") + ("C" if rgb else "")
+    return open_volume(levels if multiscale else data, axes=axes)
+
+
+@dataclass
+class Preview:
+    """The objects the current prompts give on one slice.
+
+    Attributes
+    ----------
+    z
+        The slice.
+    prompts
+        One per object.
+    predictions
+        One per object, the chosen candidate first in line.
+    """
+
+    z: int
+    prompts: list[Prompt]
+    predictions: list[Prediction]
+    multimask: list[bool | None] = field(default_factory=list)
+
+    def labels(self) -> np.ndarray:
+        """``(Y, X)`` uint8: object ``i`` as ``i + 1`` (earlier objects win overlaps)."""
+        shape = self.predictions[0].slice_shape if self.predictions else (0, 0)
+        out = np.zeros(shape, dtype=np.uint8)
+        for i, pred in enumerate(self.predictions):
+            out[pred.mask & (out == 0)] = min(i + 1, 255)
+        return out
+
+    def cycle(self) -> Preview:
+        """The same objects with every object's next candidate mask."""
+        return Preview(self.z, self.prompts, [p.cycle() for p in self.predictions], self.multimask)
+
+
+def group_prompts(points: np.ndarray, signs: np.ndarray, boxes: np.ndarray) -> list[Prompt]:
+    """Prompts per object from the points and boxes placed on one slice.
+
+    Without boxes, all points describe one object. With boxes, each box is an object and
+    takes the points inside it (the smallest box holding a point gets it); points outside
+    every box form one more object when one of them is positive.
+
+    Parameters
+    ----------
+    points
+        ``(N, 2)`` ``(y, x)``.
+    signs
+        ``(N,)`` booleans: True positive, False negative.
+    boxes
+        ``(M, 4)`` ``(y0, x0, y1, x1)``.
+    """
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    signs = np.asarray(signs, dtype=bool).reshape(-1)
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    owner = np.full(len(points), -1)
+    if len(boxes):
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        for i, (y, x) in enumerate(points):
+            inside = (
+                (boxes[:, 0] <= y) & (y <= boxes[:, 2]) & (boxes[:, 1] <= x) & (x <= boxes[:, 3])
+            )
+            if inside.any():
+                owner[i] = int(np.flatnonzero(inside)[np.argmin(areas[inside])])
+    prompts = []
+    for j, box in enumerate(boxes):
+        mine = owner == j
+        if mine.any():
+            prompts.append(Prompt(points[mine], signs[mine].astype(np.int64), box))
+        else:
+            prompts.append(Prompt(box=box))
+    loose = owner == -1
+    if loose.any() and signs[loose].any():
+        prompts.append(Prompt(points[loose], signs[loose].astype(np.int64)))
+    return prompts
+
+
+class Session:
+    """An image, its model, embeddings and labels; see the module docstring.
+
+    Make one with :meth:`open`.
+
+    Attributes
+    ----------
+    volume, model
+        The image and the model.
+    workspace
+        The folder holding ``embeddings-<model>.zarr`` and ``labels.ome.zarr``.
+    store
+        The embedding store (filled on demand).
+    labels
+        The labels store; its level-0 array backs the widget's Labels layer.
+    segmenter
+        Prompts to masks on this image.
+    """
+
+    def __init__(
+        self,
+        volume: Volume,
+        model: SamModel,
+        workspace: Path,
+        store: EmbeddingStore,
+        labels: LabelsStore,
+    ) -> None:
+        self.volume, self.model, self.workspace = volume, model, workspace
+        self.store, self.labels = store, labels
+        self.segmenter = Segmenter(model, store)
+        self._write_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        volume: Volume,
+        model: SamModel,
+        *,
+        source: str | Path | None = None,
+        workspace: str | Path | None = None,
+    ) -> Session:
+        """Open (or start) the session of an image.
+
+        Parameters
+        ----------
+        volume, model
+            The image and the model.
+        source
+            The image's file, if it has one: the workspace goes beside it.
+        workspace
+            A workspace folder of your choosing instead.
+
+        Raises
+        ------
+        ValueError
+            Labels in the workspace whose shape does not match the image (they are left
+            as they are).
+
+        When another process is writing the workspace's labels, they are opened read-only
+        (:attr:`read_only`): they can be looked at, and commits are refused with a message.
+        """
+        folder = Path(workspace) if workspace else workspace_for(source, volume.fingerprint())
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / embeddings_name(model.name)
+        try:
+            store = embed(volume, model, path, compute=False, progress=False)
+        except StoreMismatchError:  # the image changed since: its embeddings are stale
+            store = embed(volume, model, path, compute=False, recompute=True, progress=False)
+        labels_path = folder / LABELS
+        if (labels_path / "zarr.json").exists():
+            try:
+                labels = LabelsStore.open(labels_path)
+            except StoreLockedError:  # another process writes them: look, do not touch
+                labels = LabelsStore.open(labels_path, read_only=True)
+            if labels.shape != volume.shape[:3]:
+                shape = labels.shape
+                labels.close()
+                raise ValueError(
+                    f"the labels in {labels_path} are {shape} but the image is "
+                    f"{volume.shape[:3]}: move them away to start afresh (they were kept)"
+                )
+        else:
+            labels = LabelsStore.create(labels_path, volume.shape[:3])
+        return cls(volume, model, folder, store, labels)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the labels can only be looked at (another process writes them)."""
+        return self.labels.read_only
+
+    def close(self) -> None:
+        """Release the labels store (and its writer lock)."""
+        self.labels.close()
+
+    # -- embeddings ------------------------------------------------------------------------
+
+    def is_embedded(self, z: int) -> bool:
+        """Whether slice ``z`` can be decoded without running the encoder."""
+        return self.store.is_done(z)
+
+    def embed_slice(self, z: int) -> None:
+        """Compute slice ``z``'s embedding if it is missing (runs the encoder)."""
+        self.store.fill([z], progress=False)
+
+    # -- interactive segmentation ----------------------------------------------------------
+
+    def preview(
+        self,
+        z: int,
+        points: np.ndarray,
+        signs: np.ndarray,
+        boxes: np.ndarray,
+        multimask: bool | None = None,
+    ) -> Preview | None:
+        """The objects the prompts on slice ``z`` give, or None when there are none.
+
+        Raises
+        ------
+        napari_segany.NotEmbeddedError
+            The slice is not embedded yet (this call never runs the encoder).
+        ValueError
+            Prompts outside the slice or boxes without area.
+        """
+        prompts = group_prompts(points, signs, boxes)
+        if not prompts:
+            return None
+        if not self.store.is_done(z):
+            from .embeddings import NotEmbeddedError
+
+            raise NotEmbeddedError(f"slice {z} is not embedded yet")
+        predictions = self.segmenter.predict_many(z, prompts, multimask=multimask)
+        return Preview(z, prompts, predictions, [multimask] * len(prompts))
+
+    def commit(self, preview: Preview, *, overlap: str = "keep") -> list[int]:
+        """Add the preview's objects to the labels; their ids, in order.
+
+        Each object's log entry holds its prompts and chosen candidate, so
+        :func:`napari_segany.replay.replay` reproduces it.
+        """
+        ids = []
+        with self._write_lock:
+            for prompt, pred, many in zip(
+                preview.prompts, preview.predictions, preview.multimask, strict=True
+            ):
+                record = annotation_record(
+                    self.model, preview.z, prompt, multimask=many, candidate=pred.index
+                )
+                ids.append(
+                    self.labels.commit(pred.mask, z=preview.z, overlap=overlap, record=record)
+                )
+        return ids
+
+    def undo(self) -> int | None:
+        """Undo the last commit; the id it removed, or None when there is nothing to undo."""
+        with self._write_lock:
+            return self.labels.undo()
+
+    def redo(self) -> int | None:
+        """Redo the last undone commit; its id, or None."""
+        with self._write_lock:
+            return self.labels.redo()
+
+    def propagate(
+        self,
+        preview: Preview,
+        *,
+        stop: StopRule | None = None,
+        projection: str = "mask",
+        overlap: str = "keep",
+    ) -> list[int]:
+        """Carry the preview's objects through z and commit each as one 3D object.
+
+        Slices that are not embedded yet are computed on the way (this runs the encoder:
+        call it from a worker). Returns the new ids.
+        """
+        from dataclasses import asdict
+
+        from .propagate import propagate_objects
+
+        stop = stop or StopRule()
+        volumes = propagate_objects(
+            self.segmenter,
+            [{preview.z: pred.mask} for pred in preview.predictions],
+            projection=projection,
+            stop=stop,
+        )
+        options = {"projection": projection, "stop": asdict(stop)}
+        ids = []
+        with self._write_lock:
+            for prompt, pred, many, mask in zip(
+                preview.prompts, preview.predictions, preview.multimask, volumes, strict=True
+            ):
+                record = annotation_record(
+                    self.model,
+                    preview.z,
+                    prompt,
+                    multimask=many,
+                    candidate=pred.index,
+                    propagate=options,
+                )
+                ids.append(self.labels.commit(mask, overlap=overlap, record=record))
+        return ids
+
+
+def prefetch_order(z: int, n_slices: int, radius: int = 2) -> list[int]:
+    """Slice ``z`` first, then its neighbours nearest first (``z+1, z-1, z+2, ...``)."""
+    order = [z]
+    for step in range(1, radius + 1):
+        order += [s for s in (z + step, z - step) if 0 <= s < n_slices]
+    return order
+
+
+class EmbeddingQueue:
+    """Which slice to embed next, as the user moves through the volume (thread-safe).
+
+    The slice on screen always comes first, then its neighbours, then (after "embed
+    all") every other slice in order.
+    """
+
+    def __init__(self, n_slices: int, radius: int = 2) -> None:
+        self.n_slices, self.radius = n_slices, radius
+        self._lock = threading.Lock()
+        self._current = 0
+        self._everything = False
+
+    def look_at(self, z: int) -> None:
+        """The user is on slice ``z`` now."""
+        with self._lock:
+            self._current = min(max(int(z), 0), self.n_slices - 1)
+
+    def want_all(self, wanted: bool = True) -> None:
+        """Embed the whole volume (or go back to the neighbourhood only)."""
+        with self._lock:
+            self._everything = wanted
+
+    def wanted(self) -> list[int]:
+        """The slices wanted now, in order."""
+        with self._lock:
+            order = prefetch_order(self._current, self.n_slices, self.radius)
+            if self._everything:
+                order += [z for z in range(self.n_slices) if z not in order]
+        return order
+
+    def next(self, done: Sequence[bool] | np.ndarray) -> int | None:
+        """The next slice to embed, or None when every wanted slice is done."""
+        return next((z for z in self.wanted() if not done[z]), None)
+
+    def run(self, session: Session, should_stop: Any = None) -> Iterator[tuple[int, int, int]]:
+        """Embed wanted slices until none is left: yields ``(z, done, wanted)`` after each."""
+        while should_stop is None or not should_stop():
+            done = session.store.done()
+            z = self.next(done)
+            if z is None:
+                return
+            session.embed_slice(z)
+            done[z] = True
+            wanted = self.wanted()
+            yield z, int(sum(done[w] for w in wanted)), len(wanted)

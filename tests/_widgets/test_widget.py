@@ -1,0 +1,264 @@
+"""The Segment Anything dock widget in a real napari viewer, with the real default model.
+
+Prompts are added through the prompt layers' own API, as a click in add mode does; every
+assertion is on layer data. The workers are real threads: tests wait for their results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from napari import Viewer
+from scipy import ndimage
+
+from napari_segany import LabelsStore
+from napari_segany._widget import SHORTCUTS, SegmentAnythingWidget
+from napari_segany.sample_data import coins, nuclei_volume
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+PLUGIN = "napari-segany"
+WAIT = 120_000  # ms: the encoder takes ~1-3 s per slice on a small CPU
+
+
+@pytest.fixture(autouse=True)
+def sessions_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "sessions"
+    monkeypatch.setenv("NAPARI_SEGANY_SESSIONS", str(folder))
+    return folder
+
+
+@pytest.fixture
+def nuclei() -> tuple[np.ndarray, np.ndarray]:
+    return nuclei_volume()
+
+
+def _open_widget(viewer: Viewer) -> SegmentAnythingWidget:
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment Anything")
+    return widget
+
+
+def _start(qtbot, widget: SegmentAnythingWidget, image: str) -> None:
+    widget.image_combo.setCurrentText(image)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=WAIT)
+
+
+def _centre(mask: np.ndarray) -> tuple[float, float]:
+    y, x = np.argwhere(mask).mean(axis=0)
+    return float(y), float(x)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def _nucleus(labels: np.ndarray, z: int) -> np.ndarray:
+    """The largest ground-truth nucleus on slice ``z``: ``(Z, Y, X)`` mask of its id."""
+    ids, counts = np.unique(labels[z][labels[z] > 0], return_counts=True)
+    return labels == ids[np.argmax(counts)]
+
+
+@pytest.fixture
+def viewer_with_nuclei(make_napari_viewer: Callable[..., Viewer]) -> Viewer:
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "nuclei")
+    return viewer
+
+
+def test_click_commit_undo_redo_propagate_save_and_reopen(
+    qtbot, viewer_with_nuclei: Viewer, nuclei, tmp_path: Path
+) -> None:
+    viewer = viewer_with_nuclei
+    _, truth = nuclei
+    widget = _open_widget(viewer)
+    try:
+        _start(qtbot, widget, "nuclei")
+        z = widget._current_z()
+        assert z == viewer.dims.current_step[0]
+        # The widget's worker embeds the slice on screen first.
+        qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=WAIT)
+        assert widget.session.is_embedded(z)
+
+        target = _nucleus(truth, z)
+        widget.points.add([z, *_centre(target[z])])
+        qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
+        shown = widget.preview_layer.data[0] > 0
+        assert widget.preview_layer.translate[0] == z
+        assert _iou(shown, target[z]) > 0.8
+
+        (label_id,) = widget.commit()
+        labels = widget.labels_layer
+        assert _iou(np.asarray(labels.data[z]) == label_id, target[z]) > 0.8
+        assert len(widget.points.data) == 0  # the prompts went into the log
+        assert not widget.preview_layer.data.any()
+
+        assert widget.undo() == label_id
+        assert not np.asarray(labels.data[z]).any()
+        assert widget.redo() == label_id
+        assert (np.asarray(labels.data[z]) == label_id).any()
+
+        # Another nucleus, carried through z.
+        other = _nucleus(np.where(target, 0, truth), z)
+        widget.points.add([z, *_centre(other[z])])
+        qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
+        widget.propagate()
+        qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=3 * WAIT)
+        carried = np.asarray(labels.data[:]) == label_id + 1
+        assert carried.any(axis=(1, 2)).sum() > 3  # several slices
+        assert _iou(carried, other) > 0.6
+
+        saved = widget.save_labels(tmp_path / "saved.ome.zarr")
+        committed = np.asarray(labels.data[:])
+    finally:
+        widget.close_session()
+
+    layers = viewer.open(saved, plugin=PLUGIN)
+    reopened = [layer for layer in layers if layer._type_string == "labels"]
+    assert len(reopened) == 1
+    np.testing.assert_array_equal(
+        np.asarray(reopened[0].data[0] if reopened[0].multiscale else reopened[0].data), committed
+    )
+
+
+def test_reopening_the_same_data_restores_the_labels(
+    qtbot, make_napari_viewer: Callable[..., Viewer], nuclei
+) -> None:
+    image, truth = nuclei
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(image, name="cells")
+    widget = _open_widget(viewer)
+    z = 8
+    viewer.dims.set_current_step(0, z)
+    try:
+        _start(qtbot, widget, "cells")
+        target = _nucleus(truth, z)
+        widget.points.add([z, *_centre(target[z])])
+        qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
+        (label_id,) = widget.commit()
+    finally:
+        widget.close_session()
+
+    # Another viewer, the same pixels pasted again (a new array object): the session finds
+    # its labels.
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(image.copy(), name="cells again")
+    widget = _open_widget(viewer)
+    try:
+        _start(qtbot, widget, "cells again")
+        restored = np.asarray(widget.labels_layer.data[z]) == label_id
+        assert _iou(restored, target[z]) > 0.8
+        assert widget.session.labels.log()[0]["id"] == label_id
+    finally:
+        widget.close_session()
+
+
+def test_prompts_before_the_embedding_are_kept_and_slices_can_change(
+    qtbot, viewer_with_nuclei: Viewer, nuclei
+) -> None:
+    viewer = viewer_with_nuclei
+    _, truth = nuclei
+    widget = _open_widget(viewer)
+    try:
+        _start(qtbot, widget, "nuclei")
+        # Move before anything is embedded: the new slice is embedded first.
+        z = 5
+        viewer.dims.set_current_step(0, z)
+        target = _nucleus(truth, z)
+        widget.points.add([z, *_centre(target[z])])  # queued, not lost
+        qtbot.waitUntil(lambda: widget.preview is not None, timeout=2 * WAIT)
+        assert widget.preview.z == z
+        assert _iou(widget.preview_layer.data[0] > 0, target[z]) > 0.7
+        assert widget.preview_layer.translate[0] == z
+
+        # Another slice: the preview of slice 3 is not shown there.
+        viewer.dims.set_current_step(0, z + 5)
+        assert not widget.preview_layer.data.any()
+        viewer.dims.set_current_step(0, z)  # back: the prompts are still there
+        qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=2 * WAIT)
+        assert _iou(widget.preview_layer.data[0] > 0, target[z]) > 0.7
+    finally:
+        widget.close_session()
+
+
+def test_boxes_and_negative_points_on_a_2d_image(
+    qtbot, make_napari_viewer: Callable[..., Viewer]
+) -> None:
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "coins")
+    widget = _open_widget(viewer)
+    try:
+        _start(qtbot, widget, "coins")
+        qtbot.waitUntil(lambda: widget.session.is_embedded(0), timeout=WAIT)
+        image = coins()
+        found, _ = ndimage.label(ndimage.binary_fill_holes(image > image.mean() + image.std()))
+        sizes = np.bincount(found.ravel())[1:]
+        coin = found == 1 + int(np.argmax(sizes))  # the largest coin, by a box around it
+        (y0, y1), (x0, x1) = [(int(i.min()) - 4, int(i.max()) + 4) for i in np.nonzero(coin)]
+        widget.boxes.add_rectangles(np.array([[y0, x0], [y1, x1]], dtype=float))
+        qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
+        boxed = widget.preview_layer.data > 0
+        assert boxed.shape == image.shape
+        assert boxed[y0:y1, x0:x1].sum() > 0.95 * boxed.sum()
+        assert _iou(boxed, coin) > 0.7
+
+        widget.toggle_sign()
+        assert widget.points.feature_defaults["positive"][0] == False  # noqa: E712
+        widget.toggle_sign()
+        (label_id,) = widget.commit()
+        assert (np.asarray(widget.labels_layer.data) == label_id).sum() == boxed.sum()
+    finally:
+        widget.close_session()
+
+
+def test_shortcuts_are_bound_on_the_viewer(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    widget = SegmentAnythingWidget(viewer)
+    bound = {str(k) for k in viewer.keymap}
+    for key, _, _ in SHORTCUTS:
+        assert any(key.replace("-", "+").lower() == b.lower() for b in bound), key
+    widget.close_session()
+
+
+def test_removing_the_image_mid_embedding_closes_the_session(
+    qtbot, viewer_with_nuclei: Viewer
+) -> None:
+    viewer = viewer_with_nuclei
+    widget = _open_widget(viewer)
+    try:
+        _start(qtbot, widget, "nuclei")
+        widget.embed_all()
+        viewer.layers.remove("nuclei")
+        assert widget.session is None
+        assert "removed" in widget.status.text()
+        qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=WAIT)
+    finally:
+        widget.close_session()
+
+
+def test_labels_written_by_another_process_are_read_only(
+    qtbot, viewer_with_nuclei: Viewer, sessions_folder: Path, nuclei
+) -> None:
+    viewer = viewer_with_nuclei
+    _, truth = nuclei
+    widget = _open_widget(viewer)
+    _start(qtbot, widget, "nuclei")
+    workspace = widget.session.workspace
+    widget.stop(wait=True)
+
+    holder = LabelsStore.open(workspace / "labels.ome.zarr")  # another writer
+    try:
+        _start(qtbot, widget, "nuclei")
+        assert widget.session.read_only
+        z = widget._current_z()
+        widget.points.add([z, *_centre(_nucleus(truth, z)[z])])
+        qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
+        assert widget.commit() == []
+        assert "could not be committed" in widget.status.text()
+        assert widget.preview is not None  # nothing lost: the preview is still there
+        widget.close_session()
+    finally:
+        holder.close()
