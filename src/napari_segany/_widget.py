@@ -573,7 +573,9 @@ class SegmentAnythingWidget(QWidget):
             raise RuntimeError("start a session first")
         from ._napari_io import write_labels
 
-        written = write_labels(str(path), np.asarray(self.labels_layer.data), {})
+        layer = self.labels_layer
+        meta = {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
+        written = write_labels(str(path), layer.data, meta)  # read band by band
         self.status.setText(f"Labels saved to {written[0]}.")
         return Path(written[0])
 
