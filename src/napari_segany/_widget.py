@@ -201,9 +201,12 @@ class SegmentAnythingWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._layer_removed)
         self.viewer.dims.events.current_step.connect(self._slice_changed)
+        self._bind_shortcuts(self.viewer)
+
+    def _bind_shortcuts(self, target: Any) -> None:
+        # On the viewer, and on our own layers too: a selected layer's keys come first.
         for key, name, _ in SHORTCUTS:
-            method = getattr(self, name)
-            self.viewer.bind_key(key, _Shortcut(self, method), overwrite=True)
+            target.bind_key(key, _Shortcut(self, getattr(self, name)), overwrite=True)
 
     def _refresh_images(self, *_: Any) -> None:
         current = self.image_combo.currentText()
@@ -260,9 +263,15 @@ class SegmentAnythingWidget(QWidget):
         self.session = session
         image = self.image
         self.labels_layer = self._add(layers.make_labels(image, session.labels.array))
+        # Objects change through commits (logged, undoable), not napari's brush.
+        self.labels_layer.editable = False
         self.preview_layer = self._add(layers.make_preview(image))
         self.boxes = self._add(layers.make_boxes(image))
         self.points = self._add(layers.make_points(image))
+        self.boxes.mode = "add_rectangle"  # after adding: the layer controls follow it then
+        self.points.mode = "add"
+        for layer in (self.labels_layer, self.preview_layer, self.boxes, self.points):
+            self._bind_shortcuts(layer)
         self.points.events.data.connect(self._prompts_changed)
         self.boxes.events.data.connect(self._prompts_changed)
         self.viewer.layers.selection.active = self.points
@@ -338,7 +347,7 @@ class SegmentAnythingWidget(QWidget):
         z, done, wanted = update
         self.progress.setMaximum(wanted)
         self.progress.setValue(done)
-        self.status.setText(f"Slice {z} embedded ({done} of {wanted} wanted).")
+        self.status.setText(f"Embedded {done} of {wanted} wanted slices (last: slice {z}).")
         if self._waiting_for == z:
             self._waiting_for = None
             self._request_decode()
@@ -458,7 +467,10 @@ class SegmentAnythingWidget(QWidget):
         else:
             scores = ", ".join(f"{p.score:.2f}" for p in preview.predictions)
             which = preview.predictions[0]
-            self.preview_info.setText(f"mask {which.index + 1}/{len(which.scores)}, score {scores}")
+            self.preview_info.setText(
+                f"{len(preview.predictions)} object(s), mask {which.index + 1}/"
+                f"{len(which.scores)}, score {scores}"
+            )
 
     # -- actions ----------------------------------------------------------------------------
 
@@ -477,6 +489,8 @@ class SegmentAnythingWidget(QWidget):
             ids = self.session.commit(preview)
         except Exception as err:  # a read-only or locked store: say so, lose nothing
             self._report("the objects could not be committed", err)
+            if self.labels_layer is not None:
+                self.labels_layer.refresh()
             return []
         self._after_commit(preview.z, ids)
         return ids
@@ -516,7 +530,11 @@ class SegmentAnythingWidget(QWidget):
         """Undo the last commit; the id removed."""
         if self.session is None or self._busy():
             return None
-        removed = self.session.undo()
+        try:
+            removed = self.session.undo()
+        except Exception as err:  # read-only labels, a changed store: say so
+            self._report("the last commit could not be undone", err)
+            return None
         self._labels_changed("undid object" if removed else "nothing to undo", removed)
         return removed
 
@@ -524,7 +542,11 @@ class SegmentAnythingWidget(QWidget):
         """Redo the last undone commit; its id."""
         if self.session is None or self._busy():
             return None
-        restored = self.session.redo()
+        try:
+            restored = self.session.redo()
+        except Exception as err:
+            self._report("the commit could not be redone", err)
+            return None
         self._labels_changed("redid object" if restored else "nothing to redo", restored)
         return restored
 

@@ -77,7 +77,6 @@ def make_points(image: Image) -> Points:
         **_geometry(image),
     )
     layer.feature_defaults[SIGN] = True
-    layer.mode = "add"
     return layer
 
 
@@ -97,7 +96,6 @@ def make_boxes(image: Image) -> Shapes:
         edge_width=2,
         **_geometry(image),
     )
-    layer.mode = "add_rectangle"
     return layer
 
 

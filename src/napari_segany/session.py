@@ -269,19 +269,26 @@ class Session:
         """Add the preview's objects to the labels; their ids, in order.
 
         Each object's log entry holds its prompts and chosen candidate, so
-        :func:`napari_segany.replay.replay` reproduces it.
+        :func:`napari_segany.replay.replay` reproduces it. All objects or none: when one
+        cannot be committed (e.g. it lies wholly under earlier labels), those committed
+        before it are undone and the error is raised.
         """
-        ids = []
+        ids: list[int] = []
         with self._write_lock:
-            for prompt, pred, many in zip(
-                preview.prompts, preview.predictions, preview.multimask, strict=True
-            ):
-                record = annotation_record(
-                    self.model, preview.z, prompt, multimask=many, candidate=pred.index
-                )
-                ids.append(
-                    self.labels.commit(pred.mask, z=preview.z, overlap=overlap, record=record)
-                )
+            try:
+                for prompt, pred, many in zip(
+                    preview.prompts, preview.predictions, preview.multimask, strict=True
+                ):
+                    record = annotation_record(
+                        self.model, preview.z, prompt, multimask=many, candidate=pred.index
+                    )
+                    ids.append(
+                        self.labels.commit(pred.mask, z=preview.z, overlap=overlap, record=record)
+                    )
+            except Exception:
+                for _ in ids:  # all of the preview or nothing
+                    self.labels.undo()
+                raise
         return ids
 
     def undo(self) -> int | None:

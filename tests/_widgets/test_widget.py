@@ -205,6 +205,12 @@ def test_boxes_and_negative_points_on_a_2d_image(
         assert boxed[y0:y1, x0:x1].sum() > 0.95 * boxed.sum()
         assert _iou(boxed, coin) > 0.7
 
+        # The shortcuts work whichever of our layers is selected, and the labels change
+        # only through commits.
+        for layer in (widget.boxes, widget.points, widget.labels_layer):
+            assert {"c", "x", "n"} <= {str(k).lower() for k in layer.keymap}
+        assert widget.boxes.mode == "add_rectangle" and widget.points.mode == "add"
+        assert not widget.labels_layer.editable
         widget.toggle_sign()
         assert widget.points.feature_defaults["positive"][0] == False  # noqa: E712
         widget.toggle_sign()

@@ -1,0 +1,117 @@
+"""The widget's engine without Qt: prompt grouping, the embedding queue, workspaces, sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import napari_segany as sg
+from napari_segany.embeddings import NotEmbeddedError
+from napari_segany.replay import replay
+from napari_segany.sample_data import nuclei_volume
+from napari_segany.session import (
+    EmbeddingQueue,
+    Preview,
+    Session,
+    group_prompts,
+    prefetch_order,
+    volume_from_layer,
+)
+from napari_segany.workspace import SESSIONS_ENV, embeddings_name, workspace_for
+
+
+def test_points_without_boxes_are_one_object() -> None:
+    (prompt,) = group_prompts(np.array([[5, 5], [9, 9]]), np.array([True, False]), [])
+    np.testing.assert_array_equal(prompt.points, [[5, 5], [9, 9]])
+    np.testing.assert_array_equal(prompt.labels, [1, 0])
+    assert prompt.box is None
+
+
+def test_only_negative_points_make_no_object() -> None:
+    assert group_prompts(np.array([[5, 5]]), np.array([False]), []) == []
+
+
+def test_points_go_to_the_smallest_box_holding_them() -> None:
+    boxes = np.array([[0, 0, 100, 100], [10, 10, 30, 30]], dtype=float)
+    points = np.array([[20, 20], [60, 60], [200, 200]], dtype=float)
+    big, small, loose = group_prompts(points, np.array([True, False, True]), boxes)
+    np.testing.assert_array_equal(small.points, [[20, 20]])
+    np.testing.assert_array_equal(big.points, [[60, 60]])
+    np.testing.assert_array_equal(big.labels, [0])
+    np.testing.assert_array_equal(loose.points, [[200, 200]])
+    np.testing.assert_array_equal(small.box, boxes[1])
+
+
+def test_the_slice_on_screen_comes_first_then_neighbours_then_everything() -> None:
+    assert prefetch_order(5, 10, radius=2) == [5, 6, 4, 7, 3]
+    assert prefetch_order(0, 3, radius=2) == [0, 1, 2]
+    queue = EmbeddingQueue(10, radius=1)
+    queue.look_at(7)
+    done = np.zeros(10, dtype=bool)
+    assert queue.wanted() == [7, 8, 6]
+    done[7] = True
+    assert queue.next(done) == 8
+    queue.want_all()
+    assert queue.wanted()[:3] == [7, 8, 6] and sorted(queue.wanted()) == list(range(10))
+    done[:] = True
+    assert queue.next(done) is None
+
+
+def test_workspace_beside_the_file_or_in_the_sessions_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "stack.tif"
+    source.write_bytes(b"")
+    assert workspace_for(source, "ab" * 32) == tmp_path / "stack.tif.segany"
+    monkeypatch.setenv(SESSIONS_ENV, str(tmp_path / "sessions"))
+    assert workspace_for(None, "ab" * 32) == tmp_path / "sessions" / ("ab" * 12)
+    assert embeddings_name("my model/v2") == "embeddings-my_model_v2.zarr"
+
+
+def test_layer_data_with_too_many_dimensions_is_refused() -> None:
+    with pytest.raises(ValueError, match="2D images and 3D"):
+        volume_from_layer(np.zeros((2, 3, 8, 8)))
+    assert volume_from_layer(np.zeros((8, 9, 3), np.uint8), rgb=True).shape == (1, 8, 9)
+    pyramid = [np.zeros((4, 64, 64)), np.zeros((4, 32, 32))]
+    assert volume_from_layer(pyramid, multiscale=True).shape == (4, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def model() -> sg.SamModel:
+    return sg.load_model("mobile_sam", device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_a_session_previews_commits_all_or_nothing_and_replays(
+    model: sg.SamModel, tmp_path: Path
+) -> None:
+    image, truth = nuclei_volume()
+    volume = sg.open_volume(image[6:9])
+    session = Session.open(volume, model, workspace=tmp_path / "ws")
+    z = 1
+    ids, counts = np.unique(truth[7][truth[7] > 0], return_counts=True)
+    first, second = ids[np.argsort(counts)[-2:]]
+    centres = [np.argwhere(truth[7] == i).mean(axis=0) for i in (first, second)]
+    with pytest.raises(NotEmbeddedError):
+        session.preview(z, np.array(centres[:1]), np.array([True]), np.empty((0, 4)))
+    session.embed_slice(z)
+    one = session.preview(z, np.array(centres[:1]), np.array([True]), np.empty((0, 4)))
+    (kept,) = session.commit(one)
+
+    # Two objects, the second the one already committed: neither is written.
+    other = session.preview(z, np.array(centres[1:]), np.array([True]), np.empty((0, 4)))
+    before = session.labels.read()
+    pair = Preview(z, other.prompts + one.prompts, other.predictions + one.predictions)
+    pair.multimask = [None, None]
+    with pytest.raises(ValueError, match="existing labels"):
+        session.commit(pair)
+    np.testing.assert_array_equal(session.labels.read(), before)
+    assert [e["id"] for e in session.labels.log()] == [kept]
+    assert session.commit(other) == [kept + 2]  # ids are never reused
+
+    np.testing.assert_array_equal(
+        replay(session.labels.log(), session.segmenter), session.labels.read()
+    )
+    session.close()
