@@ -9,6 +9,7 @@ propagation. The GUI thread only reads prompt layers and shows results. See
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from . import _widget_layers as layers
+from .automatic import AutomaticParams
 from .embeddings import NotEmbeddedError
 from .propagate import StopRule
 from .session import EmbeddingQueue, Preview, Session, volume_from_layer
@@ -47,6 +50,7 @@ SHORTCUTS = (
     ("Shift-P", "propagate", "carry the preview through z"),
     ("Shift-Z", "undo", "undo the last commit"),
     ("Shift-Y", "redo", "redo"),
+    ("Shift-S", "segment_slice", "segment every object of this slice automatically"),
 )
 
 
@@ -90,6 +94,12 @@ class SegmentAnythingWidget(QWidget):
         self._generation = 0
         self._closed = False
         self._decode_generation = 0
+        self._automatic_worker: FunctionWorker | None = None
+        self._automatic_cancel = threading.Event()
+        self._automatic_progress = [0, 1]
+        self._automatic_timer = QTimer(self)
+        self._automatic_timer.setInterval(200)
+        self._automatic_timer.timeout.connect(self._automatic_tick)
         self._propagating_z = 0
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -171,6 +181,21 @@ class SegmentAnythingWidget(QWidget):
         objects_box = QGroupBox("Objects")
         objects_box.setLayout(grid)
 
+        self.points_per_side = QSpinBox()
+        self.points_per_side.setRange(4, 64)
+        self.points_per_side.setValue(AutomaticParams.points_per_side)
+        self.points_per_side.setToolTip("Grid of point prompts per side of a slice (or tile)")
+        self.segment_slice_button = QPushButton("Segment this slice")
+        self.segment_volume_button = QPushButton("Segment the volume")
+        self.segment_slice_button.clicked.connect(self.segment_slice)
+        self.segment_volume_button.clicked.connect(self.segment_volume)
+        automatic = QFormLayout()
+        automatic.addRow("Points per side", self.points_per_side)
+        automatic.addRow(self.segment_slice_button)
+        automatic.addRow(self.segment_volume_button)
+        automatic_box = QGroupBox("Automatic")
+        automatic_box.setLayout(automatic)
+
         self.save_button = QPushButton("Save labels as…")
         self.save_button.clicked.connect(self.save_labels_dialog)
 
@@ -178,6 +203,7 @@ class SegmentAnythingWidget(QWidget):
         outer.addLayout(setup)
         outer.addWidget(embedding_box)
         outer.addWidget(objects_box)
+        outer.addWidget(automatic_box)
         outer.addWidget(self.save_button)
         outer.addStretch(1)
         self._enable(False)
@@ -191,6 +217,8 @@ class SegmentAnythingWidget(QWidget):
             self.undo_button,
             self.redo_button,
             self.propagate_button,
+            self.segment_slice_button,
+            self.segment_volume_button,
             self.save_button,
             self.negative_check,
         ):
@@ -305,6 +333,7 @@ class SegmentAnythingWidget(QWidget):
             Block until the workers have finished (a propagation runs to its end).
         """
         self._generation += 1
+        self._automatic_cancel.set()
         for worker in (self._embed_worker, self._propagate_worker):
             if worker is not None:
                 worker.quit()
@@ -373,7 +402,8 @@ class SegmentAnythingWidget(QWidget):
             self._embed()
 
     def cancel_embedding(self) -> None:
-        """Stop embedding after the slice in progress (finished slices are kept)."""
+        """Stop embedding (and automatic segmentation) soon; finished slices are kept."""
+        self._automatic_cancel.set()
         if self._queue is not None:
             self._queue.want_all(False)
         if self._embed_worker is not None:
@@ -478,7 +508,68 @@ class SegmentAnythingWidget(QWidget):
         if self._propagate_worker is not None:
             show_info("Segment Anything: wait for the propagation to finish")
             return True
+        if self._automatic_worker is not None:
+            show_info("Segment Anything: wait for the automatic segmentation to finish")
+            return True
         return False
+
+    def segment_slice(self) -> None:
+        """Segment every object of the slice on screen, in a worker, into the labels."""
+        self._segment_automatically(self._current_z())
+
+    def segment_volume(self) -> None:
+        """Segment every object of the whole volume (linked through z), in a worker."""
+        self._segment_automatically(None)
+
+    def _segment_automatically(self, z: int | None) -> None:
+        if self.session is None or self._busy():
+            return
+        params = AutomaticParams(points_per_side=self.points_per_side.value())
+        self._automatic_progress = [0, 1 if z is not None else len(self.session.volume)]
+        self._automatic_cancel.clear()
+        progress = self._automatic_progress
+
+        def report(done: int, total: int) -> None:  # called in the worker
+            progress[:] = [done, total]
+
+        worker = create_worker(
+            self.session.segment_automatically,
+            z,
+            params=params,
+            callback=report,
+            cancel=self._automatic_cancel.is_set,
+            _start_thread=False,
+        )
+        worker.returned.connect(self._segmented)
+        worker.errored.connect(self._automatic_failed)
+        worker.finished.connect(self._automatic_finished)
+        self._automatic_worker = worker
+        self.cancel_button.setEnabled(True)
+        self._automatic_timer.start()
+        self.status.setText("Segmenting automatically…")
+        worker.start()
+
+    def _automatic_tick(self) -> None:
+        done, total = self._automatic_progress
+        self.progress.setMaximum(total)
+        self.progress.setValue(done)
+        self.status.setText(f"Segmenting automatically: {done} of {total} slice(s) done.")
+
+    def _segmented(self, ids: list[int]) -> None:
+        if self._closed:
+            return
+        if self.labels_layer is not None:
+            self.labels_layer.refresh()
+        self.status.setText(f"Automatic segmentation added {len(ids)} object(s).")
+
+    def _automatic_failed(self, err: Exception) -> None:
+        self._report("automatic segmentation failed", err)
+
+    def _automatic_finished(self) -> None:
+        self._automatic_worker = None
+        self._automatic_timer.stop()
+        if not self._closed and self.labels_layer is not None:
+            self.labels_layer.refresh()
 
     def commit(self) -> list[int]:
         """Add the preview's objects to the labels (and the store on disk); their ids."""

@@ -342,6 +342,35 @@ class Session:
                 ids.append(self.labels.commit(mask, overlap=overlap, record=record))
         return ids
 
+    def segment_automatically(
+        self,
+        z: int | None = None,
+        *,
+        params: Any = None,
+        callback: Any = None,
+        cancel: Any = None,
+    ) -> list[int]:
+        """Segment every object of slice ``z`` (None: the whole volume) without prompts.
+
+        Objects go into the labels (voxels already labelled are kept) and the annotation
+        log; missing embeddings are computed on the way (call it from a worker). Returns
+        the new ids. See :func:`napari_segany.segment_automatic`.
+        """
+        from .automatic import segment_automatic
+
+        with self._write_lock:
+            known = {entry["id"] for entry in self.labels.log()}
+            segment_automatic(
+                self.segmenter,
+                z=z,
+                params=params,
+                out=self.labels,
+                progress=False,
+                callback=callback,
+                cancel=cancel,
+            )
+            return [e["id"] for e in self.labels.log() if e["id"] not in known]
+
 
 def prefetch_order(z: int, n_slices: int, radius: int = 2) -> list[int]:
     """Slice ``z`` first, then its neighbours nearest first (``z+1, z-1, z+2, ...``)."""

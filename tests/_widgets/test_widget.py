@@ -268,3 +268,27 @@ def test_labels_written_by_another_process_are_read_only(
         widget.close_session()
     finally:
         holder.close()
+
+
+def test_segment_this_slice_automatically(qtbot, viewer_with_nuclei: Viewer, nuclei) -> None:
+    viewer = viewer_with_nuclei
+    _, truth = nuclei
+    widget = _open_widget(viewer)
+    try:
+        _start(qtbot, widget, "nuclei")
+        z = widget._current_z()
+        widget.points_per_side.setValue(12)
+        widget.segment_slice()
+        qtbot.waitUntil(lambda: widget._automatic_worker is None, timeout=3 * WAIT)
+        found = np.asarray(widget.labels_layer.data[z])
+        ids = np.unique(found[found > 0])
+        assert "added" in widget.status.text()
+        # Most nuclei on the slice are found, each one object.
+        nuclei_here = np.unique(truth[z][truth[z] > 0])
+        hits = sum(_iou(found == i, truth[z] == truth[z][found == i].max()) > 0.5 for i in ids)
+        assert hits >= 0.5 * len(nuclei_here)
+        assert [e["record"]["method"] for e in widget.session.labels.log()] == ["automatic"] * len(
+            ids
+        )
+    finally:
+        widget.close_session()
