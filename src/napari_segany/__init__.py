@@ -32,9 +32,18 @@ _EXPORTS = {
     "EmbeddingStore": "embeddings",
     "StoreMismatchError": "embeddings",
     "NotEmbeddedError": "embeddings",
+    "segment_automatic": "automatic",
+    "segment_slice": "automatic",
+    "link_slices": "automatic",
+    "SliceLinker": "automatic",
+    "AutomaticParams": "automatic",
+    "segment_files": "batch",
+    "BatchResult": "batch",
 }
 
 __all__ = [
+    "AutomaticParams",
+    "BatchResult",
     "CheckpointError",
     "EmbeddingStore",
     "ImageEmbedding",
@@ -44,6 +53,7 @@ __all__ = [
     "Prompt",
     "SamModel",
     "Segmenter",
+    "SliceLinker",
     "StoreLockedError",
     "StoreMismatchError",
     "UnknownModelError",
@@ -53,12 +63,24 @@ __all__ = [
     "choose_device",
     "embed",
     "fetch",
+    "link_slices",
     "list_models",
     "load_model",
     "open_volume",
+    "segment_automatic",
+    "segment_files",
+    "segment_slice",
 ]
 
 if TYPE_CHECKING:
+    from .automatic import (
+        AutomaticParams,
+        SliceLinker,
+        link_slices,
+        segment_automatic,
+        segment_slice,
+    )
+    from .batch import BatchResult, segment_files
     from .device import choose_device
     from .embeddings import EmbeddingStore, NotEmbeddedError, StoreMismatchError, embed
     from .labels import LabelsStore, StoreLockedError

@@ -1,5 +1,5 @@
 """The ``napari-segany`` command: list and fetch checkpoints, check the setup, run a demo,
-embed a volume into a resumable store.
+embed a volume into a resumable store, segment many volumes (:mod:`.cli_segment`).
 
 torch, napari and Qt are imported only by the subcommands that need them, so
 ``napari-segany --help`` answers at once.
@@ -77,15 +77,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.set_defaults(handler=_doctor)
 
-    demo = commands.add_parser("demo", help="segment a sample image end to end")
+    demo = commands.add_parser(
+        "demo", help="segment the sample volume: one click, then every object automatically"
+    )
     demo.add_argument("--out", default="segany-demo", help="output folder (default: %(default)s)")
     demo.add_argument(
         "--model", default=weights.DEFAULT_MODEL, help="model name or checkpoint path"
     )
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    demo.add_argument(
+        "--click-only",
+        action="store_true",
+        help="only the one-click part (skip embedding and segmenting the whole volume)",
+    )
+    demo.add_argument(
+        "--points-per-side",
+        type=int,
+        default=16,
+        help="automatic segmentation: point prompts per slice side (default: %(default)s)",
+    )
     demo.set_defaults(handler=_demo)
 
     _add_embed(commands)
+    from .cli_segment import add_segment  # the batch command lives in a module of its own
+
+    add_segment(commands)
     return parser
 
 
@@ -254,7 +270,13 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"napari-segany: error: {exc}", file=sys.stderr)
         return 1
     try:
-        result = run_demo(out=Path(args.out), model=args.model, device=args.device)
+        result = run_demo(
+            out=Path(args.out),
+            model=args.model,
+            device=args.device,
+            pipeline=not args.click_only,
+            points_per_side=args.points_per_side,
+        )
     except CheckpointError as exc:  # e.g. --model pointing at a file that is not SAM's
         print(f"napari-segany: error: {exc}", file=sys.stderr)
         return 1

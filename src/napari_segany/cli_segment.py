@@ -1,0 +1,185 @@
+"""``napari-segany segment``: automatic segmentation of many volumes, here or on a dask cluster.
+
+Only argparse is imported with this module; torch, dask and the engine load when the
+command runs, so ``napari-segany --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from . import weights
+
+if TYPE_CHECKING:
+    from .batch import BatchResult
+
+__all__ = ["add_segment", "segment"]
+
+
+def add_segment(commands: argparse._SubParsersAction) -> None:
+    """Add the ``segment`` subcommand to the ``napari-segany`` parser."""
+    from .cli import _count, _positive
+
+    parser = commands.add_parser(
+        "segment",
+        help="segment every object of many volumes into OME-Zarr labels (resumable, dask)",
+        description=(
+            "Automatic segmentation of each SOURCE (TIFF files, zarr or OME-Zarr folders; "
+            "globs such as 'data/*.tif' are expanded, quoted or not) into "
+            "<name>.labels.ome.zarr in the output folder, with its embeddings and per-slice "
+            "results beside it. A rerun skips finished volumes and slices; Ctrl-C keeps "
+            "every finished slice. Runs in this process, on a local dask cluster "
+            "(--workers, --scheduler local) or on a running dask scheduler (--scheduler)."
+        ),
+    )
+    parser.add_argument("source", metavar="SOURCE", nargs="+", help="image files or globs")
+    parser.add_argument("--out", metavar="DIR", required=True, help="the output folder")
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        default=weights.DEFAULT_MODEL,
+        help="model name or checkpoint path (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="'local' for a dask LocalCluster on this machine, or a scheduler address such "
+        "as tcp://10.0.0.5:8786 (default: this process)",
+    )
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        type=_positive,
+        help="worker processes of the local cluster (implies --scheduler local; "
+        "default with --scheduler local: one per four cores)",
+    )
+    parser.add_argument(
+        "--threads",
+        metavar="N",
+        type=_positive,
+        help="torch threads of each process that segments (default: the cores shared out)",
+    )
+    parser.add_argument(
+        "--points-per-side",
+        metavar="N",
+        type=_positive,
+        help="grid of N x N point prompts per slice (default: 32)",
+    )
+    parser.add_argument(
+        "--no-link", action="store_true", help="keep each slice's objects apart (2D stacks)"
+    )
+    parser.add_argument("--tiff", action="store_true", help="also write <name>.labels.tif")
+    parser.add_argument(
+        "--recompute",
+        action="store_true",
+        help="replace embeddings and slices made with another model, parameters or source",
+    )
+    parser.add_argument(
+        "--device", metavar="DEV", default="auto", help="auto, cpu, cuda, mps (default: auto)"
+    )
+    parser.add_argument("--axes", metavar="AXES", help="the sources' axes, e.g. ZYX or TCZYX")
+    parser.add_argument(
+        "--level", metavar="N", type=_count, default=0, help="pyramid level, 0 = full resolution"
+    )
+    parser.add_argument("--channel", metavar="C", type=_count, help="index on the C axis")
+    parser.add_argument("--time", metavar="T", type=_count, help="index on the T axis")
+    parser.add_argument(
+        "--timeout",
+        metavar="S",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the scheduler (default: %(default)s)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=segment)
+
+
+def segment(args: argparse.Namespace) -> int:
+    """Run ``napari-segany segment``; the exit status: 0 all done, 1 an error or a failed
+    source, 130 interrupted."""
+    from .batch import SchedulerUnreachableError, WorkerModelError, segment_files
+    from .batch_files import expand_sources
+    from .cli import _error, _stop_on_ctrl_c
+    from .device import choose_device
+    from .model import CheckpointError
+
+    client = args.scheduler
+    if args.workers is not None:
+        if client not in (None, "local"):
+            return _error("--workers sizes a local cluster; it cannot size one at an address")
+        client = "local"
+    try:
+        choose_device(args.device)  # a typo in --device fails before any work
+        sources = expand_sources(args.source)
+    except (OSError, ValueError) as exc:
+        return _error(exc)
+    where = {None: "this process", "local": "a local dask cluster"}.get(client, client)
+    print(f"segmenting {len(sources)} volume(s) into {args.out} with {args.model} on {where}")
+    overrides = {} if args.points_per_side is None else {"points_per_side": args.points_per_side}
+    stop = threading.Event()
+    with _stop_on_ctrl_c(stop):
+        try:
+            results = segment_files(
+                sources,
+                args.out,
+                model=args.model,
+                client=client,
+                n_workers=args.workers,
+                link=not args.no_link,
+                tiff=args.tiff,
+                recompute=args.recompute,
+                device=args.device,
+                axes=args.axes,
+                level=args.level,
+                channel=args.channel,
+                time=args.time,
+                timeout=args.timeout,
+                torch_threads=args.threads,
+                progress=not args.no_progress,
+                cancel=stop.is_set,
+                **overrides,
+            )
+        except KeyboardInterrupt:  # a second Ctrl-C
+            print(_INTERRUPTED, file=sys.stderr)
+            return 130
+        except (
+            SchedulerUnreachableError,
+            WorkerModelError,
+            CheckpointError,
+            OSError,
+            ValueError,
+        ) as exc:
+            return _error(exc)
+    return _report(results)
+
+
+_INTERRUPTED = (
+    "napari-segany: interrupted: finished slices are kept; rerun the same command to resume"
+)
+
+
+def _report(results: Sequence[BatchResult]) -> int:
+    for result in results:
+        print(result.summary(), file=sys.stderr if result.status == "failed" else sys.stdout)
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    cancelled = sum(r.status == "cancelled" for r in results)
+    print(
+        f"volumes {counts['done']} done, {counts['skipped']} already done, "
+        f"{counts['failed']} failed" + (f", {cancelled} interrupted" if cancelled else "")
+    )
+    if cancelled:
+        print(_INTERRUPTED, file=sys.stderr)
+        return 130
+    if counts["failed"]:
+        others = "; the others are complete" if counts["failed"] < len(results) else ""
+        print(
+            f"napari-segany: error: {counts['failed']} of {len(results)} volume(s) failed "
+            f"(see above){others}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
