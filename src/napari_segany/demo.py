@@ -1,9 +1,11 @@
-"""The quick-start job: segment a nucleus in the bundled sample volume with one click.
+"""The quick-start job on the bundled sample volume: one click, then the whole pipeline.
 
 ``napari-segany demo`` runs :func:`run_demo`: it loads the default model (fetched and
 verified on first use), embeds the middle slice of the synthetic nuclei volume, clicks
 inside the largest nucleus, and writes the mask (TIFF), a PNG overlay and a JSON
-summary that also scores the mask against the sample's ground truth.
+summary that also scores the mask against the sample's ground truth. Then
+(:mod:`napari_segany.demo_pipeline`) it embeds the whole volume into a store on disk,
+segments every nucleus automatically, and writes OME-Zarr labels and a PNG preview.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
+from .demo_pipeline import PipelineResult, run_pipeline
 from .model import load_model
 from .overlay import overlay, save_png
 from .sample_data import nuclei_volume
@@ -38,6 +41,7 @@ class DemoResult:
     mask_path: str
     overlay_path: str
     summary_path: str
+    pipeline: PipelineResult | None = None
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -52,6 +56,7 @@ class DemoResult:
                 f"wrote {self.overlay_path}",
                 f"wrote {self.summary_path}",
             ]
+            + ([self.pipeline.summary()] if self.pipeline is not None else [])
         )
 
 
@@ -67,9 +72,14 @@ def _click_inside(labels: np.ndarray) -> tuple[int, tuple[int, int]]:
 
 
 def run_demo(
-    out: str | Path = "segany-demo", model: str = "mobile_sam", device: str = "auto"
+    out: str | Path = "segany-demo",
+    model: str = "mobile_sam",
+    device: str = "auto",
+    *,
+    pipeline: bool = True,
+    points_per_side: int = 16,
 ) -> DemoResult:
-    """Segment one nucleus of the sample volume and write the results to ``out``.
+    """Segment one nucleus of the sample volume, then all of them; results go to ``out``.
 
     Parameters
     ----------
@@ -79,6 +89,12 @@ def run_demo(
         Model name or checkpoint path (default: the registry's default model).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    pipeline
+        Also embed the whole volume and segment it automatically
+        (:func:`napari_segany.demo_pipeline.run_pipeline`): ``nuclei.embeddings.zarr``,
+        ``nuclei-labels.ome.zarr`` and ``labels.png``.
+    points_per_side
+        The automatic segmentation's grid of point prompts per slice side.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +127,9 @@ def run_demo(
     overlay_path = save_png(
         overlay(image, [mask], points=np.array([click]), zoom=2), out / "overlay.png"
     )
+    whole = None
+    if pipeline:
+        whole = run_pipeline(open_volume(volume), truth, sam, out, points_per_side=points_per_side)
     result = DemoResult(
         model=sam.name,
         device=str(sam.device),
@@ -123,6 +142,7 @@ def run_demo(
         mask_path=str(mask_path),
         overlay_path=str(overlay_path),
         summary_path=str(out / "summary.json"),
+        pipeline=whole,
     )
     (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
     return result
