@@ -424,8 +424,14 @@ class SegmentAnythingWidget(QWidget):
     # -- decoding (latest wins) --------------------------------------------------------------
 
     def _prompts_changed(self, event: Any = None) -> None:
+        action = getattr(event, "action", None)
+        if str(getattr(action, "value", action)).endswith("ing"):
+            return  # napari's "adding"/"removing"/"changing": the data is not there yet
         self._color_points()
-        self._request_decode()
+        if self._decode_worker is None and not self._debounce.isActive():
+            self._decode_now()  # idle: start at once, overlapping the canvas repaint
+        else:
+            self._request_decode()  # busy: coalesce, the newest request wins
 
     def _color_points(self) -> None:
         points = self.points
