@@ -54,6 +54,18 @@ SHORTCUTS = (
 )
 
 
+def slice_ranges(done: np.ndarray) -> str:
+    """``"0-4, 7"`` for the True entries of a boolean array; ``"none"`` when there are none."""
+    runs, start = [], None
+    for i, flag in enumerate([*np.asarray(done, bool).tolist(), False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            runs.append(str(start) if i - 1 == start else f"{start}-{i - 1}")
+            start = None
+    return ", ".join(runs) or "none"
+
+
 def _unwrap(obj: Any) -> Any:
     """The object behind napari's public-only proxy (plugins get proxies of the viewer)."""
     return getattr(obj, "__wrapped__", obj)
@@ -376,7 +388,11 @@ class SegmentAnythingWidget(QWidget):
         z, done, wanted = update
         self.progress.setMaximum(wanted)
         self.progress.setValue(done)
-        self.status.setText(f"Embedded {done} of {wanted} wanted slices (last: slice {z}).")
+        embedded = self.session.store.done() if self.session is not None else np.zeros(0, bool)
+        self.status.setText(
+            f"Embedded {done} of {wanted} wanted slices (last: slice {z}); "
+            f"slices embedded: {slice_ranges(embedded)} of {len(embedded)}."
+        )
         if self._waiting_for == z:
             self._waiting_for = None
             self._request_decode()

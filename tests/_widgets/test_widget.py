@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from napari import Viewer
+from napari.qt.threading import FunctionWorker
 from scipy import ndimage
 
 from napari_segany import LabelsStore
-from napari_segany._widget import SHORTCUTS, SegmentAnythingWidget
+from napari_segany._widget import SHORTCUTS, SegmentAnythingWidget, slice_ranges
 from napari_segany.sample_data import coins, nuclei_volume
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
@@ -292,3 +293,22 @@ def test_segment_this_slice_automatically(qtbot, viewer_with_nuclei: Viewer, nuc
         )
     finally:
         widget.close_session()
+
+
+def test_slice_ranges_say_which_slices_are_embedded() -> None:
+    assert slice_ranges(np.array([1, 1, 1, 0, 0, 1, 0, 1, 1], bool)) == "0-2, 5, 7-8"
+    assert slice_ranges(np.zeros(3, bool)) == "none"
+
+
+def test_closing_the_viewer_during_embedding(
+    qtbot, make_napari_viewer: Callable[..., Viewer]
+) -> None:
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "nuclei")
+    widget = _open_widget(viewer)
+    _start(qtbot, widget, "nuclei")
+    widget.embed_all()
+    assert widget._embed_worker is not None
+    viewer.close()  # the window goes while the encoder runs in the worker
+    qtbot.wait(3000)  # its signals arrive after the widget is gone: no error, no crash
+    FunctionWorker.await_workers(msecs=120_000)
