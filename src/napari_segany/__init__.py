@@ -39,6 +39,8 @@ _EXPORTS = {
     "AutomaticParams": "automatic",
     "segment_files": "batch",
     "BatchResult": "batch",
+    "read_prompts": "prompt_batch",
+    "segment_with_prompts": "prompt_batch",
 }
 
 __all__ = [
@@ -67,9 +69,11 @@ __all__ = [
     "list_models",
     "load_model",
     "open_volume",
+    "read_prompts",
     "segment_automatic",
     "segment_files",
     "segment_slice",
+    "segment_with_prompts",
 ]
 
 if TYPE_CHECKING:
@@ -85,6 +89,7 @@ if TYPE_CHECKING:
     from .embeddings import EmbeddingStore, NotEmbeddedError, StoreMismatchError, embed
     from .labels import LabelsStore, StoreLockedError
     from .model import CheckpointError, ImageEmbedding, SamModel, load_model
+    from .prompt_batch import read_prompts, segment_with_prompts
     from .segmenter import Prediction, Prompt, Segmenter
     from .volume import Volume, open_volume
     from .weights import UnknownModelError, WeightsError, fetch, list_models

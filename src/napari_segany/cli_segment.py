@@ -94,6 +94,18 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
         default=10.0,
         help="seconds to wait for the scheduler (default: %(default)s)",
     )
+    parser.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="segment the objects given by points and boxes in FILE (a CSV file or a "
+        "labels store's annotation log, see docs/batch.md) instead of every object; "
+        "exactly one SOURCE",
+    )
+    parser.add_argument(
+        "--no-propagate",
+        action="store_true",
+        help="with --prompts: segment each object on its slice only, not through z",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=segment)
 
@@ -107,6 +119,12 @@ def segment(args: argparse.Namespace) -> int:
     from .device import choose_device
     from .model import CheckpointError
 
+    if args.prompts is not None:
+        return _segment_prompts(args)
+    if args.no_propagate:
+        from .cli import _error
+
+        return _error("--no-propagate goes with --prompts")
     client = args.scheduler
     if args.workers is not None:
         if client not in (None, "local"):
@@ -155,6 +173,56 @@ def segment(args: argparse.Namespace) -> int:
         ) as exc:
             return _error(exc)
     return _report(results)
+
+
+def _segment_prompts(args: argparse.Namespace) -> int:
+    """``segment SOURCE --prompts FILE``: the objects of a prompts file, through z."""
+    from pathlib import Path
+
+    from .batch_files import expand_sources, source_name
+    from .cli import _error
+    from .device import choose_device
+    from .model import CheckpointError
+    from .prompt_batch import segment_with_prompts
+
+    if args.scheduler is not None or args.workers is not None:
+        return _error("--prompts runs in this process: drop --scheduler and --workers")
+    try:
+        choose_device(args.device)
+        sources = expand_sources(args.source)
+        if len(sources) != 1:
+            raise ValueError(
+                f"--prompts takes exactly one SOURCE, got {len(sources)}: run once per volume"
+            )
+        name = source_name(sources[0])
+        out = Path(args.out).expanduser() / f"{name}.labels.ome.zarr"
+        print(f"segmenting {sources[0]} from {args.prompts} into {out} with {args.model}")
+        result = segment_with_prompts(
+            sources[0],
+            args.prompts,
+            out,
+            model=args.model,
+            propagate=not args.no_propagate,
+            recompute=args.recompute,
+            device=args.device,
+            axes=args.axes,
+            level=args.level,
+            channel=args.channel,
+            time=args.time,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print("napari-segany: interrupted", file=sys.stderr)
+        return 130
+    except (CheckpointError, OSError, ValueError) as exc:
+        return _error(exc)
+    print(result.summary())
+    if args.tiff:
+        from .labels import LabelsStore
+
+        with LabelsStore.open(result.labels, read_only=True) as labels:
+            print(f"wrote {labels.to_tiff(out.parent / f'{name}.labels.tif')}")
+    return 0
 
 
 _INTERRUPTED = (
