@@ -316,3 +316,12 @@ def test_the_command_line_segments_a_glob_of_mixed_shapes_and_reports_a_broken_f
     again = ["segment", str(data / "*.tif"), str(data / "small.tif"), *options]
     assert main(again) == 1  # small.tif named twice is segmented once; broken stays broken
     assert "0 done, 2 already done, 1 failed" in capsys.readouterr().out
+
+
+def test_a_local_cluster_leaves_this_process_environment_as_it_was() -> None:
+    from napari_segany.batch_cluster import connect
+
+    before = dict(os.environ)
+    with connect("local", n_workers=1) as where:
+        assert where.client is not None
+    assert dict(os.environ) == before  # dask's nannies set OMP_NUM_THREADS=1 here

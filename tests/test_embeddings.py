@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -137,12 +138,14 @@ def test_path_holding_other_data_is_refused(tmp_path: Path, model: SamModel) -> 
 CHILD = textwrap.dedent(
     f"""
     import sys
+    import torch
     from napari_segany.embeddings import embed
     from napari_segany.model import load_model
     from napari_segany.sample_data import nuclei_volume
     from napari_segany.volume import open_volume
 
     order = sys.argv[2]
+    torch.set_num_threads(int(sys.argv[3]))
     volume = open_volume({STACK_CODE})
     slices = range(4) if order == "forward" else range(3, -1, -1)
     model = load_model("mobile_sam", device="cpu", progress=False)
@@ -155,9 +158,14 @@ CHILD = textwrap.dedent(
 
 
 def _child(path: Path, order: str = "forward") -> subprocess.Popen[str]:
-    # Same thread count as this process: the encoder's sums then round the same way.
-    command = [sys.executable, "-c", CHILD, str(path), order]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Same thread count as this process: the encoder's sums then round the same way. It is
+    # passed on, not inherited: e.g. dask's nannies leave OMP_NUM_THREADS=1 in os.environ.
+    threads = str(torch.get_num_threads())
+    command = [sys.executable, "-c", CHILD, str(path), order, threads]
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def test_killed_run_resumes_with_only_the_missing_slices(

@@ -104,17 +104,27 @@ def connect(
         return
     if client == LOCAL:
         workers, threads = local_cluster_size(n_workers)
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,  # one slice at a time per model copy; torch gets the cores
-            processes=True,
-            dashboard_address=None,
-        )
+        environ = dict(os.environ)
+        try:
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,  # one slice at a time per model copy; torch: the cores
+                processes=True,
+                dashboard_address=":0",  # any free port: 8787 may be taken
+            )
+        finally:
+            # dask's nannies set OMP_NUM_THREADS=1 (and malloc tuning) in this process's
+            # environment for their children and leave it there; later subprocesses of the
+            # user's (a second run, a test) would inherit it. Put it back as it was.
+            os.environ.clear()
+            os.environ.update(environ)
         try:
             with Client(cluster) as local:
                 yield Where(local, threads, f"a LocalCluster of {workers} worker(s)")
         finally:
             cluster.close()
+            os.environ.clear()  # again: a nanny that restarted a worker set it anew
+            os.environ.update(environ)
         return
     if not isinstance(client, str):
         raise TypeError(
