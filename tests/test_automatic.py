@@ -23,27 +23,14 @@ from napari_segany.automatic_nms import box_iou, box_nms, mask_iou, mask_nms
 from napari_segany.automatic_write import StoreWriter
 from napari_segany.labels import LabelsStore
 from napari_segany.sample_data import nuclei_volume
+from napari_segany.scores import instance_scores
 from napari_segany.segmenter import Segmenter
 
 # -- measuring ------------------------------------------------------------------------
 
 
 def instance_f1(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
-    """F1 of instance matching: a prediction and a true object match when their IoU
-    exceeds ``threshold`` (above 0.5 a match is necessarily one to one)."""
-    pred_ids = np.unique(pred[pred != 0])
-    true_ids = np.unique(truth[truth != 0])
-    if len(pred_ids) + len(true_ids) == 0:
-        return 1.0
-    both = (pred != 0) & (truth != 0)
-    stride = int(truth.max()) + 1
-    keys, inter = np.unique(pred[both].astype(np.int64) * stride + truth[both], return_counts=True)
-    p_area = dict(zip(*np.unique(pred[pred != 0], return_counts=True), strict=True))
-    t_area = dict(zip(*np.unique(truth[truth != 0], return_counts=True), strict=True))
-    p, t = keys // stride, keys % stride
-    iou = inter / (np.array([p_area[i] for i in p]) + np.array([t_area[i] for i in t]) - inter)
-    matched = int((iou > threshold).sum())
-    return 2 * matched / (len(pred_ids) + len(true_ids))
+    return instance_scores(pred, truth, threshold)["f1"]
 
 
 def test_instance_f1_counts_matches_at_iou_one_half() -> None:

@@ -361,7 +361,7 @@ def segment_automatic(
         Bad parameters, an empty or unordered z, an output of the wrong shape, a
         segmenter given together with a model.
     """
-    params = _with_overrides(params or AutomaticParams(), overrides)
+    params = with_overrides(params, overrides)
     segmenter = _segmenter(source, model)
     depth = len(segmenter.store)
     zs = _slices(z, depth)
@@ -411,7 +411,15 @@ def segment_automatic(
     return result[0] if isinstance(z, int | np.integer) else result
 
 
-def _with_overrides(params: AutomaticParams, overrides: dict[str, Any]) -> AutomaticParams:
+def with_overrides(params: AutomaticParams | None, overrides: dict[str, Any]) -> AutomaticParams:
+    """``params`` (default :class:`AutomaticParams`) with single fields replaced by name.
+
+    Raises
+    ------
+    TypeError
+        ``params`` of another type, or a name that is not a field.
+    """
+    params = AutomaticParams() if params is None else params
     if not isinstance(params, AutomaticParams):
         raise TypeError(f"params must be AutomaticParams, got {type(params).__name__}")
     known = {f.name for f in dataclasses.fields(AutomaticParams)}

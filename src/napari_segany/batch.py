@@ -15,13 +15,12 @@ is in. Everything is resumable: a rerun skips finished volumes and finished slic
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .automatic import AutomaticParams
+from .automatic import AutomaticParams, with_overrides
 from .batch_cluster import SchedulerUnreachableError, connect
 from .batch_files import find_sources, plan_outputs
 from .batch_run import Work, run_here, run_on_cluster
@@ -125,7 +124,7 @@ def segment_files(
     WorkerModelError
         The dask workers could not load the model.
     """
-    params = _with_overrides(params, overrides)
+    params = with_overrides(params, overrides)
     paths = find_sources(sources)
     out = Path(out_dir).expanduser().absolute()
     plans = plan_outputs(paths, out, _model_name(model))
@@ -160,20 +159,6 @@ def _run_here(works: list[Work], model: SamModel, batch: BatchState, threads: in
     finally:
         runner.close()
         torch.set_num_threads(before)
-
-
-def _with_overrides(params: AutomaticParams | None, overrides: dict[str, Any]) -> AutomaticParams:
-    params = AutomaticParams() if params is None else params
-    if not isinstance(params, AutomaticParams):
-        raise TypeError(f"params must be AutomaticParams, got {type(params).__name__}")
-    known = {f.name for f in dataclasses.fields(AutomaticParams)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(
-            f"unknown parameter(s) {', '.join(unknown)}; AutomaticParams has "
-            f"{', '.join(sorted(known))}"
-        )
-    return dataclasses.replace(params, **overrides)
 
 
 def _model_name(model: Any) -> str:

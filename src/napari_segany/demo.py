@@ -100,7 +100,8 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     volume, truth = nuclei_volume()
     z = volume.shape[0] // 2
-    image = open_volume(volume).model_slice(z)  # limits decided once for the volume
+    vol = open_volume(volume)  # limits decided once, for the click and the pipeline
+    image = vol.model_slice(z)
     target, click = _click_inside(truth[z])
 
     sam = load_model(model, device=device)
@@ -129,7 +130,7 @@ def run_demo(
     )
     whole = None
     if pipeline:
-        whole = run_pipeline(open_volume(volume), truth, sam, out, points_per_side=points_per_side)
+        whole = run_pipeline(vol, truth, sam, out, points_per_side=points_per_side)
     result = DemoResult(
         model=sam.name,
         device=str(sam.device),

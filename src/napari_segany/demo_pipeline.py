@@ -19,6 +19,7 @@ from .embeddings import embed
 from .labels import LabelsStore
 from .model import SamModel
 from .overlay import overlay, save_png
+from .scores import instance_scores
 from .segmenter import Segmenter
 from .volume import Volume
 
@@ -50,27 +51,6 @@ class PipelineResult:
                 f"wrote {self.preview_path}",
             ]
         )
-
-
-def instance_scores(found: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> dict:
-    """Precision, recall and F1 of one-to-one matches with IoU at least ``threshold``.
-
-    With ``threshold >= 0.5`` a match is unique by construction, so no assignment is needed.
-    """
-    f, t = found.ravel().astype(np.int64), truth.ravel().astype(np.int64)
-    f_ids, f_inv = np.unique(f, return_inverse=True)
-    t_ids, t_inv = np.unique(t, return_inverse=True)
-    both = np.zeros((f_ids.size, t_ids.size), dtype=np.int64)
-    np.add.at(both, (f_inv, t_inv), 1)
-    f_area, t_area = both.sum(axis=1), both.sum(axis=0)
-    iou = both / (f_area[:, None] + t_area[None, :] - both)
-    iou = iou[f_ids > 0][:, t_ids > 0]
-    matches = int((iou >= threshold).sum())
-    n_found, n_truth = iou.shape
-    precision = matches / max(n_found, 1)
-    recall = matches / max(n_truth, 1)
-    f1 = 2 * matches / max(n_found + n_truth, 1)
-    return {"precision": precision, "recall": recall, "f1": f1, "matches": matches}
 
 
 def run_pipeline(
