@@ -20,6 +20,8 @@ def parts() -> tuple[PromptEncoder, MaskDecoder]:
         for name, p in decoder.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0, 0.1)
+            elif "norm" in name:  # layer norm scales: the carried convolution folds them in
+                p.normal_(1, 0.3)
     return encoder, decoder
 
 

@@ -21,9 +21,12 @@ click). What does not depend on the prompt is computed once per image and kept: 
 tokens with the no-mask embedding and the position encoding, and the first layer's
 image-side projections (its image tokens are still the same for every prompt).
 
-The output upscaling's two 2x2 stride-2 transposed convolutions are per-pixel matrix
-products followed by a pixel shuffle; they run here as plain matrix products in a blocked
-pixel order, and only the final masks are shuffled back.
+The image-to-token output bias is folded into the prompt side (each head's attention
+weights sum to one per image token), so the residual ``X + P^T U`` is one fused product.
+The output upscaling (:mod:`.fast_upscale`) runs as matrix products in a blocked pixel
+order, and without a mask prompt its first convolution is carried through the transformer
+from a once-per-image product. The final token-to-image attention is computed only for
+the tokens that are read out: the IoU token and the mask tokens of the chosen outputs.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from .fast_upscale import Upscaler
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import Attention, TwoWayAttentionBlock
@@ -48,6 +51,7 @@ class _ImageState:
     t2i_k: torch.Tensor  # (1, h, M, d) first layer, token-to-image keys
     t2i_v: torch.Tensor  # (1, h, M, d) first layer, token-to-image values
     i2t_q: torch.Tensor  # (h, M, d) first layer, image-to-token queries
+    carried: torch.Tensor  # (1, M, 4 * C/4) the keys times the carried first convolution
 
 
 def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -97,9 +101,12 @@ def _image_to_token(
     k_tokens: torch.Tensor,
     v_tokens: torch.Tensor,
     cached_q: torch.Tensor | None = None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Image tokens ``xq`` (``(B or 1, M, C)``) attend to the prompt tokens.
 
+    Returns the attention weights ``P^T`` ``(B, M, h N)`` and the prompt side ``U``
+    ``(B, h N, C)``: the attention's output is ``P^T @ U``, its output bias included
+    (each head's N weights sum to one, so ``bias / h`` on every row of ``U`` adds it).
     ``cached_q`` is ``(h, M, d)``, the projected queries when they are shared by every prompt.
     """
     h = attn.num_heads
@@ -125,13 +132,13 @@ def _image_to_token(
     p = scores.softmax(dim=2).reshape(b, h * n, m)
     wo = attn.out_proj.weight.view(-1, h, d)  # (C, h, d)
     u = torch.einsum("bnhd,chd->bhnc", v, wo).reshape(b, h * n, -1)  # (B, hN, C)
-    return torch.baddbmm(attn.out_proj.bias.expand(b, 1, -1), p.transpose(1, 2), u)
+    return p.transpose(1, 2), u + attn.out_proj.bias / h
 
 
 class FastDecoder:
     """Prompt embeddings to masks with the rearranged decoder (see the module docstring).
 
-    Holds references to the network's modules (no copies of their weights beyond the two
+    Holds references to the network's modules (no copies of their weights beyond the
     reshaped upscaling matrices) and the per-image state of the last image decoded.
 
     Parameters
@@ -143,15 +150,9 @@ class FastDecoder:
     def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
         self.prompt_encoder = prompt_encoder
         self.decoder = mask_decoder
+        self.upscaler = Upscaler(mask_decoder)
         self._image: _ImageState | None = None
         self._pe: torch.Tensor | None = None
-        up1, norm, _, up2, _ = mask_decoder.output_upscaling
-        # (C_in, C_out, 2, 2) -> (C_in, 2 * 2 * C_out): columns ordered (row, column, out).
-        self._w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, -1).detach()
-        self._b1 = up1.bias.repeat(4).detach()
-        self._w2 = up2.weight.permute(0, 2, 3, 1).reshape(up2.in_channels, -1).detach()
-        self._b2 = up2.bias.repeat(4).detach()
-        self._norm = norm
 
     def _position_encoding(self) -> torch.Tensor:
         if self._pe is None:
@@ -177,19 +178,23 @@ class FastDecoder:
             t2i_k=_split(t2i.k_proj(keys_pe), heads).transpose(1, 2).contiguous(),
             t2i_v=_split(t2i.v_proj(keys), heads).transpose(1, 2).contiguous(),
             i2t_q=_split(i2t.q_proj(keys_pe), i2t.num_heads)[0].transpose(0, 1).contiguous(),
+            carried=self.upscaler.image_part(keys),
         )
         self._image = state
         return state
 
     def _layer(
         self,
-        layer: TwoWayAttentionBlock,
+        index: int,
         queries: torch.Tensor,
         keys: torch.Tensor,
         keys_pe: torch.Tensor,
         query_pe: torch.Tensor,
         state: _ImageState | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        carried: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One two-way block; ``carried`` is the first upscaling convolution carried along."""
+        layer: TwoWayAttentionBlock = self.decoder.transformer.layers[index]
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(queries, queries, queries)
         else:
@@ -198,35 +203,25 @@ class FastDecoder:
         queries = layer.norm1(queries)
         q = queries + query_pe
         t2i = layer.cross_attn_token_to_image
-        if state is not None:
+        shared = state is not None and index == 0
+        if shared:
             attended = _token_to_image_cached(t2i, q, state.t2i_k, state.t2i_v)
         else:
             attended = _token_to_image(t2i, q, keys_pe, keys)
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + query_pe
-        cached_q = None if state is None else state.i2t_q
-        update = _image_to_token(layer.cross_attn_image_to_token, keys_pe, q, queries, cached_q)
-        keys = layer.norm4(keys + update)
-        return queries, keys
-
-    def _upscaled_masks(
-        self, keys: torch.Tensor, hyper: torch.Tensor, size: tuple[int, int]
-    ) -> torch.Tensor:
-        """Image tokens ``(B, H*W, C)`` and hypernetwork weights ``(B, K, C/8)`` to
-        ``(B, K, 4H, 4W)`` mask logits; ``size`` is ``(H, W)``."""
-        b, m, _ = keys.shape
-        h, w = size
-        norm = self._norm
-        x = torch.addmm(self._b1, keys.reshape(b * m, -1), self._w1)  # (BM, 4 * C/4)
-        x = x.view(b * m * 4, -1)
-        x = F.gelu(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = F.gelu(torch.addmm(self._b2, x, self._w2))  # (BM4, 4 * C/8)
-        masks = torch.bmm(x.view(b, m * 16, -1), hyper.transpose(1, 2))  # (B, 16M, K)
-        k = hyper.shape[1]
-        # rows are (i, j, a, b, a2, b2): pixel (4i + 2a + a2, 4j + 2b + b2)
-        masks = masks.view(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(b, k, 4 * h, 4 * w)
+        i2t = layer.cross_attn_image_to_token
+        weights, side = _image_to_token(i2t, keys_pe, q, queries, state.i2t_q if shared else None)
+        norm = layer.norm4
+        updated = torch.baddbmm(keys, weights, side)
+        keys, mean, rstd = torch.native_layer_norm(
+            updated, (updated.shape[-1],), norm.weight, norm.bias, norm.eps
+        )
+        if carried is not None:
+            carried = self.upscaler.add_layer(carried, index, weights, side, i2t.num_heads)
+            carried = self.upscaler.apply_norm(carried, index, mean, rstd)
+        return queries, keys, carried
 
     @torch.inference_mode()
     def __call__(
@@ -257,25 +252,31 @@ class FastDecoder:
         pe = self._position_encoding()
         if dense is None:
             state = self._image_state(features)
-            keys, keys_pe = state.keys, state.keys_pe
+            keys, keys_pe, carried = state.keys, state.keys_pe, state.carried
         else:
-            state = None
+            state = carried = None
             keys = (features + dense).flatten(2).transpose(1, 2)
             keys_pe = keys + pe
         transformer = dec.transformer
         queries = tokens
-        for layer in transformer.layers:
-            queries, keys = self._layer(layer, queries, keys, keys_pe, tokens, state)
-            state = None  # only the first layer sees the shared image tokens
+        for index in range(len(transformer.layers)):
+            queries, keys, carried = self._layer(
+                index, queries, keys, keys_pe, tokens, state, carried
+            )
             keys_pe = keys + pe
+        # Only the IoU token and the chosen mask tokens are read out after the last attention.
+        chosen = list(range(1, dec.num_mask_tokens)) if multimask else [0]
+        rows = [0, *(1 + i for i in chosen)]
         final = transformer.final_attn_token_to_image
-        queries = queries + _token_to_image(final, queries + tokens, keys_pe, keys)
-        queries = transformer.norm_final_attn(queries)
-
-        chosen = range(1, dec.num_mask_tokens) if multimask else range(1)
-        hyper = torch.stack(
-            [dec.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in chosen], dim=1
+        read = queries[:, rows] + _token_to_image(
+            final, queries[:, rows] + tokens[:, rows], keys_pe, keys
         )
-        masks = self._upscaled_masks(keys, hyper, features.shape[-2:])
-        iou = dec.iou_prediction_head(queries[:, 0])
-        return masks, iou[:, chosen.start : chosen.stop]
+        read = transformer.norm_final_attn(read)
+        hyper = torch.stack(
+            [dec.output_hypernetworks_mlps[i](read[:, 1 + j]) for j, i in enumerate(chosen)],
+            dim=1,
+        )
+        first = carried if carried is not None else self.upscaler.first(keys)
+        masks = self.upscaler.masks(first, hyper, features.shape[-2:])
+        iou = dec.iou_prediction_head(read[:, 0])
+        return masks, iou[:, chosen]
