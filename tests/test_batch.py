@@ -324,4 +324,7 @@ def test_a_local_cluster_leaves_this_process_environment_as_it_was() -> None:
     before = dict(os.environ)
     with connect("local", n_workers=1) as where:
         assert where.client is not None
+        # the workers run tasks in threads: one malloc arena lets them reuse large blocks
+        arenas = where.client.run(lambda: os.environ.get("MALLOC_ARENA_MAX"))
+        assert list(arenas.values()) == ["1"]
     assert dict(os.environ) == before  # dask's nannies set OMP_NUM_THREADS=1 here

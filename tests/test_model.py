@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -184,10 +188,6 @@ def test_unknown_precision_is_refused_before_any_download() -> None:
 
 
 def test_allocator_tuning_is_a_switch() -> None:
-    import platform
-    import subprocess
-    import sys
-
     code = "from napari_segany.device import keep_large_allocations as k; print(k())"
     tuned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     env = {"NAPARI_SEGANY_KEEP_MALLOC": "1", "PATH": ""}
@@ -195,6 +195,54 @@ def test_allocator_tuning_is_a_switch() -> None:
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert tuned.stdout.strip() == "True"
     assert left.stdout.strip() == "False"
+
+
+_THREAD_BLOCK = """
+import ctypes, threading
+import numpy as np
+from napari_segany.device import keep_large_allocations
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd",
+        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+tuned = keep_large_allocations()
+mapped = []
+
+def work():  # a 100 MiB block in a thread started afterwards, as a worker's would be
+    before = libc.mallinfo2().hblks
+    block = np.ones(100 * 2**20, dtype=np.uint8)
+    mapped.append(libc.mallinfo2().hblks - before)
+    del block
+
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(tuned, mapped[0])
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_worker_threads_keep_large_blocks_in_the_shared_heap() -> None:
+    # Another thread's own arena cannot hold a 100 MiB block: glibc maps it afresh (one more
+    # mapped block) unless the tuning has capped the arenas so that the thread shares the
+    # main heap, where the raised mmap threshold keeps it.
+    run = [sys.executable, "-c", _THREAD_BLOCK]
+    tuned = subprocess.run(run, capture_output=True, text=True, check=True)
+    left = subprocess.run(
+        run,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "NAPARI_SEGANY_KEEP_MALLOC": "1"},
+    )
+    assert tuned.stdout.split() == ["True", "0"]
+    assert left.stdout.split() == ["False", "1"]
 
 
 def test_rgb_images_prepare_without_sharing_read_only_buffers(mobile_sam: SamModel) -> None:

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 
 from . import _widget_layers as layers
 from .automatic import AutomaticParams
+from .device import keep_large_allocations
 from .embeddings import NotEmbeddedError
 from .propagate import StopRule
 from .session import EmbeddingQueue, Preview, Session, volume_from_layer
@@ -87,6 +88,9 @@ class SegmentAnythingWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
+        # Before any of the widget's worker threads exists, so that they share the main
+        # malloc heap and reuse the model's large blocks (see keep_large_allocations).
+        keep_large_allocations()
         self.viewer = napari_viewer
         self.session: Session | None = None
         self.image: Image | None = None

@@ -111,6 +111,9 @@ def connect(
                 threads_per_worker=1,  # one slice at a time per model copy; torch: the cores
                 processes=True,
                 dashboard_address=":0",  # any free port: 8787 may be taken
+                # one malloc arena: the tasks run in worker threads, whose own arenas
+                # cannot keep the model's large blocks (device.keep_large_allocations)
+                env={"MALLOC_ARENA_MAX": "1"},
             )
         finally:
             # dask's nannies set OMP_NUM_THREADS=1 (and malloc tuning) in this process's

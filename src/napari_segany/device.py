@@ -48,9 +48,18 @@ def keep_large_allocations() -> bool:
     each of the encoder's 64 MiB activations pays for page faults again (about a quarter
     of MobileSAM's CPU encoder time). Raising the mmap and trim thresholds keeps such
     blocks in the heap for reuse; the price is that the process keeps its peak memory.
+
+    Threads other than the main one get malloc arenas of their own, whose heaps cannot
+    hold blocks over 64 MiB, so there the large blocks are mapped afresh whatever the
+    thresholds (the model then runs 20-30% slower in a napari or dask worker thread than
+    in the main thread). The arena count is therefore capped at one: threads started
+    afterwards share the main heap. Threads that already allocated keep their arena;
+    ``MALLOC_ARENA_MAX=1`` in the environment covers every thread from the start.
+
     Applied once per process by :func:`napari_segany.load_model` for CPU models with
-    ``fast=True``; ``NAPARI_SEGANY_KEEP_MALLOC=1`` leaves the allocator alone. Returns
-    whether the setting is in force (False off glibc).
+    ``fast=True`` and by the napari widget when it opens;
+    ``NAPARI_SEGANY_KEEP_MALLOC=1`` leaves the allocator alone. Returns whether the
+    setting is in force (False off glibc).
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:
@@ -66,7 +75,8 @@ def keep_large_allocations() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl or another libc
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
     ok = mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 1 << 31)
+    ok = ok and mallopt(m_arena_max, 1)
     _ALLOCATOR_TUNED = bool(ok)
     return _ALLOCATOR_TUNED
