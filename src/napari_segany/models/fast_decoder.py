@@ -135,6 +135,11 @@ def _image_to_token(
     return p.transpose(1, 2), u + attn.out_proj.bias / h
 
 
+def _chosen(decoder: MaskDecoder) -> dict[bool, list[int]]:
+    """The mask tokens read out: the three candidates (multimask) or the single mask."""
+    return {True: list(range(1, decoder.num_mask_tokens)), False: [0]}
+
+
 class FastDecoder:
     """Prompt embeddings to masks with the rearranged decoder (see the module docstring).
 
@@ -153,6 +158,19 @@ class FastDecoder:
         self.upscaler = Upscaler(mask_decoder)
         self._image: _ImageState | None = None
         self._pe: torch.Tensor | None = None
+        # The hypernetwork MLPs of the three candidates (or of the single mask) stacked,
+        # so that each of their layers is one batched product.
+        mlps = mask_decoder.output_hypernetworks_mlps
+        self._hyper = {
+            multi: [
+                (
+                    torch.stack([mlps[i].layers[j].weight.detach().t() for i in chosen]),
+                    torch.stack([mlps[i].layers[j].bias.detach() for i in chosen]).unsqueeze(1),
+                )
+                for j in range(len(mlps[0].layers))
+            ]
+            for multi, chosen in _chosen(mask_decoder).items()
+        }
 
     def _position_encoding(self) -> torch.Tensor:
         if self._pe is None:
@@ -265,17 +283,20 @@ class FastDecoder:
             )
             keys_pe = keys + pe
         # Only the IoU token and the chosen mask tokens are read out after the last attention.
-        chosen = list(range(1, dec.num_mask_tokens)) if multimask else [0]
+        chosen = _chosen(dec)[multimask]
         rows = [0, *(1 + i for i in chosen)]
         final = transformer.final_attn_token_to_image
         read = queries[:, rows] + _token_to_image(
             final, queries[:, rows] + tokens[:, rows], keys_pe, keys
         )
         read = transformer.norm_final_attn(read)
-        hyper = torch.stack(
-            [dec.output_hypernetworks_mlps[i](read[:, 1 + j]) for j, i in enumerate(chosen)],
-            dim=1,
-        )
+        hyper = read[:, 1:].transpose(0, 1)  # (K, B, C): one hypernetwork per candidate
+        layers = self._hyper[multimask]
+        for j, (weight, bias) in enumerate(layers):
+            hyper = torch.baddbmm(bias, hyper, weight)
+            if j < len(layers) - 1:
+                hyper = torch.relu(hyper)
+        hyper = hyper.transpose(0, 1)
         first = carried if carried is not None else self.upscaler.first(keys)
         masks = self.upscaler.masks(first, hyper, features.shape[-2:])
         iou = dec.iou_prediction_head(read[:, 0])
