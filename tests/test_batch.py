@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import platform
 import shutil
 import signal
 import time
@@ -318,13 +319,38 @@ def test_the_command_line_segments_a_glob_of_mixed_shapes_and_reports_a_broken_f
     assert "0 done, 2 already done, 1 failed" in capsys.readouterr().out
 
 
-def test_a_local_cluster_leaves_this_process_environment_as_it_was() -> None:
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc"
+)
+def test_a_local_cluster_shares_one_heap_and_leaves_this_process_environment_as_it_was() -> None:
     from napari_segany.batch_cluster import connect
+    from napari_segany.device import keep_large_allocations
+
+    def new_mappings_for_a_large_block() -> int:  # nested: dask pickles it by value
+        import ctypes
+
+        import numpy as np
+
+        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        before = libc.mallinfo2().hblks
+        block = np.ones(100 * 2**20, dtype=np.uint8)
+        mapped = libc.mallinfo2().hblks - before
+        del block
+        return int(mapped)
 
     before = dict(os.environ)
     with connect("local", n_workers=1) as where:
         assert where.client is not None
-        # the workers run tasks in threads: one malloc arena lets them reuse large blocks
-        arenas = where.client.run(lambda: os.environ.get("MALLOC_ARENA_MAX"))
-        assert list(arenas.values()) == ["1"]
+        # The workers run tasks in threads: a 100 MiB block made in one after the model's
+        # allocator tuning comes from the shared heap (no new mapping), which needs
+        # MALLOC_ARENA_MAX=1 from the worker process's start.
+        client = where.client
+        client.submit(keep_large_allocations, pure=False).result()
+        assert client.submit(new_mappings_for_a_large_block, pure=False).result() == 0
     assert dict(os.environ) == before  # dask's nannies set OMP_NUM_THREADS=1 here

@@ -97,6 +97,7 @@ def connect(
     if client is None:
         yield Where(None, None, "this process")
         return
+    import dask
     from distributed import Client, LocalCluster
 
     if isinstance(client, Client):
@@ -105,16 +106,19 @@ def connect(
     if client == LOCAL:
         workers, threads = local_cluster_size(n_workers)
         environ = dict(os.environ)
+        # One malloc arena in the workers: their tasks run in threads, whose own arenas
+        # cannot keep the model's large blocks (device.keep_large_allocations). glibc reads
+        # it when the process starts, so it must be in the environment the worker is
+        # spawned with, not set afterwards (a Nanny's env=).
+        spawn = {"distributed.nanny.pre-spawn-environ.MALLOC_ARENA_MAX": 1}
         try:
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,  # one slice at a time per model copy; torch: the cores
-                processes=True,
-                dashboard_address=":0",  # any free port: 8787 may be taken
-                # one malloc arena: the tasks run in worker threads, whose own arenas
-                # cannot keep the model's large blocks (device.keep_large_allocations)
-                env={"MALLOC_ARENA_MAX": "1"},
-            )
+            with dask.config.set(spawn):
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,  # one slice at a time per model copy; torch: the cores
+                    processes=True,
+                    dashboard_address=":0",  # any free port: 8787 may be taken
+                )
         finally:
             # dask's nannies set OMP_NUM_THREADS=1 (and malloc tuning) in this process's
             # environment for their children and leave it there; later subprocesses of the
