@@ -240,6 +240,17 @@ def test_existing_data_is_replaced_only_when_asked(tmp_path: Path, image: Path) 
         LabelsStore.create(notes, SHAPE, overwrite=True)
     assert (notes / "keep.txt").read_text() == "mine"
 
+    # other zarr data is not a labels store either: an array, or a group of someone's arrays
+    raw = tmp_path / "raw.zarr"
+    zarr.open_array(raw, mode="w", shape=(4, 4), dtype="u1", zarr_format=3)[:] = 7
+    mine = tmp_path / "mine.zarr"
+    zarr.open_group(mine, mode="w", zarr_format=3).create_array("volume", shape=(2, 2), dtype="u2")
+    for path in (raw, mine):
+        with pytest.raises(FileExistsError, match="not a labels store"):
+            LabelsStore.create(path, SHAPE, overwrite=True)
+    assert (zarr.open_array(raw, mode="r")[:] == 7).all()
+    assert zarr.open_group(mine, mode="r")["volume"].shape == (2, 2)
+
 
 def test_create_checks_its_arguments(tmp_path: Path, image: Path) -> None:
     with pytest.raises(ValueError, match=r"does not match the image's \(z, y, x\) size"):

@@ -7,6 +7,7 @@ only when asked, only if it is a zarr group, and never while another process wri
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -172,11 +173,32 @@ def check_replaceable_store(root: Path, overwrite: bool) -> None:
         )
     if not root.is_dir() or not (root / "zarr.json").is_file():
         raise FileExistsError(f"{str(root)!r} exists and is not a zarr store: not touching it")
+    if json.loads((root / "zarr.json").read_text()).get("node_type") != "group":
+        raise FileExistsError(
+            f"{str(root)!r} is a zarr array, not a labels store: not touching it; give another path"
+        )
     attrs = zarr.open_group(zarr.storage.LocalStore(root, read_only=True), mode="r").attrs
     if "multiscales" in (attrs.get("ome") or {}) or "multiscales" in attrs:
         raise FileExistsError(
             f"{str(root)!r} is an OME-Zarr image: pass image={str(root)!r} to add labels to it "
             "(overwrite=True replaces only a labels store of its own)"
         )
+    # A labels store of its own holds its labels group and nothing else: any other zarr
+    # data there (an embedding store, someone's arrays) is not ours to delete.
+    others = sorted(p.name for p in root.iterdir() if p.name not in ("zarr.json", "labels"))
+    if others or not _is_labels_group(root / "labels"):
+        found = f" (it holds {', '.join(others[:3])})" if others else ""
+        raise FileExistsError(
+            f"{str(root)!r} is a zarr store but not a labels store{found}: not touching it; "
+            "give another path"
+        )
     for lock in (root / "labels").glob(f"*/{SIDECAR}/lock"):
         refuse_if_locked(lock)
+
+
+def _is_labels_group(path: Path) -> bool:
+    """Whether ``path`` is an OME-Zarr ``labels`` group (its ``ome.labels`` list)."""
+    if not (path / "zarr.json").is_file():
+        return False
+    attrs = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r").attrs
+    return "labels" in (attrs.get("ome") or {}) or "labels" in attrs
