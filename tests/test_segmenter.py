@@ -136,3 +136,28 @@ def test_prediction_on_a_tiled_slice_is_not_cut_at_the_tile_border(model: sg.Sam
     assert pred.window != (0, 0, *shape)
     assert pred.mask.shape == shape
     assert _iou(pred.mask, truth) > 0.9
+
+
+def test_recent_windows_are_read_from_the_store_once(model: sg.SamModel) -> None:
+    from napari_segany.segmenter import KEPT_EMBEDDINGS
+
+    volume = np.random.default_rng(4).integers(0, 255, (KEPT_EMBEDDINGS + 1, 64, 64))
+    store = sg.embed(sg.open_volume(volume.astype(np.uint8)), model, progress=False)
+    reads = []
+    original = store.get
+
+    def counting(z: int, tile: int = 0):
+        reads.append(z)
+        return original(z, tile)
+
+    store.get = counting
+    seg = Segmenter(model, store)
+    first = [seg.embedding(z) for z in range(KEPT_EMBEDDINGS)]
+    again = [seg.embedding(z) for z in reversed(range(KEPT_EMBEDDINGS))]
+    assert all(a is b for a, b in zip(first, reversed(again), strict=True))
+    assert reads == list(range(KEPT_EMBEDDINGS))  # each window once
+    seg.embedding(KEPT_EMBEDDINGS)  # one more: the least recently used (the last z) goes
+    seg.embedding(0)
+    assert reads[-1] == KEPT_EMBEDDINGS and len(reads) == KEPT_EMBEDDINGS + 1
+    seg.embedding(KEPT_EMBEDDINGS - 1)
+    assert reads[-1] == KEPT_EMBEDDINGS - 1

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .propagate import StopRule
     from .tiling import Window
 
+KEPT_EMBEDDINGS = 9
+"""Windows whose embedding a Segmenter keeps in memory: those of a 2048 x 2048 slice."""
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -137,7 +140,7 @@ class Segmenter:
             )
         self.model = model
         self.store = store
-        self._cached: tuple[tuple[int, int], ImageEmbedding] | None = None
+        self._kept: dict[tuple[int, int], ImageEmbedding] = {}  # most recently used last
 
     @property
     def slice_shape(self) -> tuple[int, int]:
@@ -145,11 +148,20 @@ class Segmenter:
         return self.store.grid.slice_shape
 
     def embedding(self, z: int, tile: int = 0) -> ImageEmbedding:
-        """The embedding of a slice's window, kept on the device for the next click."""
+        """The embedding of a slice's window, kept on the device for the next clicks.
+
+        The last :data:`KEPT_EMBEDDINGS` windows used are kept (4 MiB each in float32 for
+        the 64 x 64 embeddings of SAM models), so that clicks moving between the windows
+        of a large slice read each from the store once.
+        """
         key = (z % len(self.store), tile)
-        if self._cached is None or self._cached[0] != key:
-            self._cached = (key, self.store.get(key[0], tile))
-        return self._cached[1]
+        embedding = self._kept.pop(key, None)
+        if embedding is None:
+            embedding = self.store.get(key[0], tile)
+            while len(self._kept) >= KEPT_EMBEDDINGS:
+                del self._kept[next(iter(self._kept))]
+        self._kept[key] = embedding
+        return embedding
 
     def _check(self, z: int, prompt: Prompt) -> tuple[Prompt, tuple[float, float, float, float]]:
         """Validate a prompt; return it with arrays normalised, and its extent (a box)."""

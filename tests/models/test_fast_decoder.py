@@ -91,3 +91,17 @@ def test_the_kept_image_work_follows_the_embedding(parts) -> None:
     assert fast._image is kept  # same embedding: reused
     _assert_close(*_both(parts, second, True, points=_points(1, 1), fast=fast))
     assert fast._image is not kept and fast._image.features is second
+    _assert_close(*_both(parts, first, False, points=_points(1, 2), fast=fast))
+    assert fast._image is kept  # back to the first window: its work was kept too
+
+
+def test_only_the_last_images_are_kept(parts) -> None:
+    from napari_segany.models.fast_decoder import KEPT_IMAGES
+
+    encoder, decoder = parts
+    fast = FastDecoder(encoder, decoder)
+    images = [_features(20 + i) for i in range(KEPT_IMAGES + 1)]
+    for features in images:
+        _assert_close(*_both(parts, features, True, points=_points(1, 1), fast=fast))
+    kept = [state.features for state in fast._images]
+    assert len(kept) == KEPT_IMAGES and all(a is b for a, b in zip(kept, images[1:], strict=True))

@@ -135,6 +135,10 @@ def _image_to_token(
     return p.transpose(1, 2), u + attn.out_proj.bias / h
 
 
+KEPT_IMAGES = 9
+"""Images whose prompt-independent work is kept: the windows of a 2048 x 2048 slice."""
+
+
 def _chosen(decoder: MaskDecoder) -> dict[bool, list[int]]:
     """The mask tokens read out: the three candidates (multimask) or the single mask."""
     return {True: list(range(1, decoder.num_mask_tokens)), False: [0]}
@@ -144,7 +148,9 @@ class FastDecoder:
     """Prompt embeddings to masks with the rearranged decoder (see the module docstring).
 
     Holds references to the network's modules (no copies of their weights beyond the
-    reshaped upscaling matrices) and the per-image state of the last image decoded.
+    reshaped upscaling and hypernetwork matrices) and the per-image state of the last
+    :data:`KEPT_IMAGES` images decoded (about 18 MiB each for a 64 x 64 embedding), so that
+    clicks moving between the windows of a large slice do not redo it.
 
     Parameters
     ----------
@@ -156,7 +162,7 @@ class FastDecoder:
         self.prompt_encoder = prompt_encoder
         self.decoder = mask_decoder
         self.upscaler = Upscaler(mask_decoder)
-        self._image: _ImageState | None = None
+        self._images: list[_ImageState] = []  # most recently used last
         self._pe: torch.Tensor | None = None
         # The hypernetwork MLPs of the three candidates (or of the single mask) stacked,
         # so that each of their layers is one batched product.
@@ -178,11 +184,17 @@ class FastDecoder:
             self._pe = pe.flatten(2).transpose(1, 2).contiguous()
         return self._pe
 
+    @property
+    def _image(self) -> _ImageState | None:
+        """The state of the image decoded last."""
+        return self._images[-1] if self._images else None
+
     def _image_state(self, features: torch.Tensor) -> _ImageState:
         """The prompt-independent work for ``features`` ``(1, C, H, W)``, made once."""
-        state = self._image
-        if state is not None and state.features is features:
-            return state
+        for i, state in enumerate(self._images):
+            if state.features is features:
+                self._images.append(self._images.pop(i))
+                return state
         first: TwoWayAttentionBlock = self.decoder.transformer.layers[0]
         no_mask = self.prompt_encoder.no_mask_embed.weight.view(1, 1, -1)
         keys = (features.flatten(2).transpose(1, 2) + no_mask).contiguous()
@@ -198,7 +210,7 @@ class FastDecoder:
             i2t_q=_split(i2t.q_proj(keys_pe), i2t.num_heads)[0].transpose(0, 1).contiguous(),
             carried=self.upscaler.image_part(keys),
         )
-        self._image = state
+        self._images = [*self._images[1 - KEPT_IMAGES :], state]
         return state
 
     def _layer(
