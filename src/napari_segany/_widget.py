@@ -321,7 +321,7 @@ class SegmentAnythingWidget(QWidget):
         self.viewer.layers.selection.active = self.points
         self._queue = EmbeddingQueue(len(session.volume))
         self._queue.look_at(self._current_z())
-        self.progress.setMaximum(len(self._queue.wanted()))
+        self._show_embedding_progress()
         self._enable(True)
         done = int(session.store.done().sum())
         self.status.setText(
@@ -418,8 +418,17 @@ class SegmentAnythingWidget(QWidget):
         """Embed every slice of the volume, the one on screen first."""
         if self._queue is not None:
             self._queue.want_all()
-            self.progress.setMaximum(len(self._queue.wanted()))
+            self._show_embedding_progress()
             self._embed()
+
+    def _show_embedding_progress(self) -> None:
+        """The wanted slices and how many of them are embedded (some may be from before)."""
+        if self._queue is None or self.session is None:
+            return
+        wanted = self._queue.wanted()
+        done = self.session.store.done()
+        self.progress.setMaximum(len(wanted))
+        self.progress.setValue(int(sum(bool(done[z]) for z in wanted)))
 
     def cancel_embedding(self) -> None:
         """Stop embedding (and automatic segmentation) soon; finished slices are kept."""

@@ -150,6 +150,10 @@ def test_reopening_the_same_data_restores_the_labels(
     widget = _open_widget(viewer)
     try:
         _start(qtbot, widget, "cells again")
+        # The slices embedded last time count at once, before any new one is embedded.
+        wanted, done = widget._queue.wanted(), widget.session.store.done()
+        assert done[z] and widget.progress.maximum() == len(wanted)
+        assert widget.progress.value() >= sum(bool(done[w]) for w in wanted) >= 1
         restored = np.asarray(widget.labels_layer.data[z]) == label_id
         assert _iou(restored, target[z]) > 0.8
         assert widget.session.labels.log()[0]["id"] == label_id
