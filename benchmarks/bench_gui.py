@@ -145,10 +145,27 @@ def close(viewer: Any, widget: Any) -> None:
 
 def gui_click(widget: Any, canvas: Any | None, point: np.ndarray) -> dict[str, float]:
     """Seconds from ``points.add(point)`` to: its return (``"added"``), the debounce timer's
-    call that hands the prompts to a decode worker (``"decoding"``), the preview layer's new
-    data (``"data"``) and the canvas's next draw after it (``"drawn"``, if it comes)."""
+    call that hands the prompts to a decode worker (``"decoding"``, only when a decode was
+    running), the worker's start and end (``"worker"``, ``"decoded"``), the GUI thread taking
+    the result (``"received"``), the preview layer's new data (``"data"``) and the canvas's
+    next draw after it (``"drawn"``, if it comes)."""
+    from napari_segany import _widget as widget_module
+
     stamps: dict[str, float] = {}
     loop = QEventLoop()
+    decode = widget_module._preview_with_labels
+    received = widget._decoded
+
+    def timed_decode(*args: Any) -> Any:  # runs in the worker thread
+        stamps.setdefault("worker", time.perf_counter())
+        try:
+            return decode(*args)
+        finally:
+            stamps.setdefault("decoded", time.perf_counter())
+
+    def timed_received(preview: Any) -> None:
+        stamps.setdefault("received", time.perf_counter())
+        received(preview)
 
     def on_debounce() -> None:  # connected after the widget's own slot: runs after it
         stamps.setdefault("decoding", time.perf_counter())
@@ -173,6 +190,8 @@ def gui_click(widget: Any, canvas: Any | None, point: np.ndarray) -> dict[str, f
     layer = widget.preview_layer
     layer.events.data.connect(on_data)
     widget._debounce.timeout.connect(on_debounce)
+    widget_module._preview_with_labels = timed_decode
+    widget._decoded = timed_received
     if canvas is not None:
         canvas.events.draw.connect(on_draw, position="last")  # after the scene has drawn
     timeout = QTimer()
@@ -192,6 +211,8 @@ def gui_click(widget: Any, canvas: Any | None, point: np.ndarray) -> dict[str, f
         draw_limit.stop()
         layer.events.data.disconnect(on_data)
         widget._debounce.timeout.disconnect(on_debounce)
+        widget_module._preview_with_labels = decode
+        del widget._decoded  # the class's method again
         if canvas is not None:
             canvas.events.draw.disconnect(on_draw)
     if "data" not in stamps:
@@ -288,7 +309,14 @@ def bench_clicks(args: argparse.Namespace, size: int) -> dict[str, Any]:
 
 def stage_medians(stages: list[dict[str, float]]) -> dict[str, float]:
     """Median ms of each stage of a GUI click, from consecutive stamps of :func:`gui_click`."""
-    bounds = [("start", "added"), ("added", "decoding"), ("decoding", "data"), ("data", "drawn")]
+    bounds = [
+        ("start", "added"),
+        ("start", "worker"),
+        ("worker", "decoded"),
+        ("decoded", "received"),
+        ("received", "data"),
+        ("data", "drawn"),
+    ]
     out = {}
     for a, b in bounds:
         spans = [st[b] - st.get(a, 0.0) for st in stages if b in st and (a == "start" or a in st)]
@@ -423,13 +451,13 @@ def click_table(results: dict[str, Any]) -> str:
 
 
 def stage_table(results: dict[str, Any]) -> str:
-    headers = ["slice", "points.add", "→ decode starts", "→ preview data", "→ drawn"]
-    headers += ["engine alone"]
+    headers = ["slice", "points.add", "→ worker starts", "decode in worker", "→ GUI takes it"]
+    headers += ["→ preview data", "→ drawn", "engine alone"]
     lines = []
     for size, row in results["clicks"].items():
         st = row["stages_ms_median"]
-        cells = [st.get(k) for k in ("start → added", "added → decoding", "decoding → data")]
-        cells.append(st.get("data → drawn"))
+        keys = ("start → added", "start → worker", "worker → decoded", "decoded → received")
+        cells = [st.get(k) for k in (*keys, "received → data", "data → drawn")]
         cells.append(row["engine"]["summary"].p50)
         lines.append([size, *("" if c is None else f"{c:.1f}" for c in cells)])
     return markdown_table(headers, lines)
@@ -530,9 +558,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(click_table(results))
     print(
-        "\nWhere a GUI click's time goes (median ms of each stage; the debounce timer fires "
-        "once the events queued by the new point are handled; the worker decodes, the GUI "
-        "thread makes the labels and sets the layer's data)"
+        "\nWhere a GUI click's time goes (median ms; points.add and → worker starts from the "
+        "click; the worker decodes and makes the labels image, then the GUI thread takes the "
+        "result when its event loop gets to it and sets the preview layer's data)"
     )
     print(stage_table(results))
     if "stall" in results:

@@ -77,6 +77,16 @@ def _source_path(layer: Image) -> str | None:
     return str(path) if path else None
 
 
+def _preview_with_labels(
+    session: Session, z: int, points: np.ndarray, signs: np.ndarray, boxes: np.ndarray
+) -> Preview | None:
+    """Decode in a worker thread, upscaling the masks into the labels image there too."""
+    preview = session.preview(z, points, signs, boxes)
+    if preview is not None:
+        preview.labels()  # kept by the preview: the GUI thread then only shows it
+    return preview
+
+
 class SegmentAnythingWidget(QWidget):
     """Interactive Segment Anything for the image layers of a napari viewer.
 
@@ -492,7 +502,9 @@ class SegmentAnythingWidget(QWidget):
             self._embed()
             return
         self._decode_generation = self._generation
-        worker = create_worker(self.session.preview, z, pts, signs, boxes, _start_thread=False)
+        worker = create_worker(
+            _preview_with_labels, self.session, z, pts, signs, boxes, _start_thread=False
+        )
         worker.returned.connect(self._decoded)
         worker.errored.connect(self._decode_failed)
         worker.finished.connect(self._decode_finished)

@@ -77,14 +77,21 @@ class Preview:
     prompts: list[Prompt]
     predictions: list[Prediction]
     multimask: list[bool | None] = field(default_factory=list)
+    _labels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def labels(self) -> np.ndarray:
-        """``(Y, X)`` uint8: object ``i`` as ``i + 1`` (earlier objects win overlaps)."""
-        shape = self.predictions[0].slice_shape if self.predictions else (0, 0)
-        out = np.zeros(shape, dtype=np.uint8)
-        for i, pred in enumerate(self.predictions):
-            out[pred.mask & (out == 0)] = min(i + 1, 255)
-        return out
+        """``(Y, X)`` uint8: object ``i`` as ``i + 1`` (earlier objects win overlaps).
+
+        Made on the first call (the masks are upscaled then) and kept: a worker thread
+        can make it so that the GUI thread only shows it. Do not modify the result.
+        """
+        if self._labels is None:
+            shape = self.predictions[0].slice_shape if self.predictions else (0, 0)
+            out = np.zeros(shape, dtype=np.uint8)
+            for i, pred in enumerate(self.predictions):
+                out[pred.mask & (out == 0)] = min(i + 1, 255)
+            self._labels = out
+        return self._labels
 
     def cycle(self) -> Preview:
         """The same objects with every object's next candidate mask."""
