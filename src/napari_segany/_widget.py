@@ -435,10 +435,9 @@ class SegmentAnythingWidget(QWidget):
         """The wanted slices and how many of them are embedded (some may be from before)."""
         if self._queue is None or self.session is None:
             return
-        wanted = self._queue.wanted()
-        done = self.session.store.done()
-        self.progress.setMaximum(len(wanted))
-        self.progress.setValue(int(sum(bool(done[z]) for z in wanted)))
+        done, wanted = self._queue.progress(self.session.store.done())
+        self.progress.setMaximum(wanted)
+        self.progress.setValue(done)
 
     def cancel_embedding(self) -> None:
         """Stop embedding (and automatic segmentation) soon; finished slices are kept."""

@@ -418,6 +418,11 @@ class EmbeddingQueue:
                 order += [z for z in range(self.n_slices) if z not in order]
         return order
 
+    def progress(self, done: Sequence[bool] | np.ndarray) -> tuple[int, int]:
+        """How many of the wanted slices are done, and how many are wanted."""
+        wanted = self.wanted()
+        return int(sum(bool(done[z]) for z in wanted)), len(wanted)
+
     def next(self, done: Sequence[bool] | np.ndarray) -> int | None:
         """The next slice to embed, or None when every wanted slice is done."""
         return next((z for z in self.wanted() if not done[z]), None)
@@ -431,5 +436,4 @@ class EmbeddingQueue:
                 return
             session.embed_slice(z)
             done[z] = True
-            wanted = self.wanted()
-            yield z, int(sum(done[w] for w in wanted)), len(wanted)
+            yield z, *self.progress(done)

@@ -162,6 +162,7 @@ class FastDecoder:
         self.prompt_encoder = prompt_encoder
         self.decoder = mask_decoder
         self.upscaler = Upscaler(mask_decoder)
+        self._chosen = _chosen(mask_decoder)
         self._images: list[_ImageState] = []  # most recently used last
         self._pe: torch.Tensor | None = None
         # The hypernetwork MLPs of the three candidates (or of the single mask) stacked,
@@ -175,7 +176,7 @@ class FastDecoder:
                 )
                 for j in range(len(mlps[0].layers))
             ]
-            for multi, chosen in _chosen(mask_decoder).items()
+            for multi, chosen in self._chosen.items()
         }
 
     def _position_encoding(self) -> torch.Tensor:
@@ -295,7 +296,7 @@ class FastDecoder:
             )
             keys_pe = keys + pe
         # Only the IoU token and the chosen mask tokens are read out after the last attention.
-        chosen = _chosen(dec)[multimask]
+        chosen = self._chosen[multimask]
         rows = [0, *(1 + i for i in chosen)]
         final = transformer.final_attn_token_to_image
         read = queries[:, rows] + _token_to_image(
