@@ -108,7 +108,7 @@ def _cpu_model() -> str:
 def machine() -> dict[str, object]:
     """What the numbers depend on: hardware, torch build and threads, and when."""
     info: dict[str, object] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "processor": platform.processor(),
         "cpu_model": _cpu_model(),

