@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from napari_segany.embeddings import (
@@ -51,6 +52,19 @@ def test_store_holds_what_direct_encoding_gives(model: SamModel, reference: np.n
     assert reference.shape == (4, 256, 64, 64)
     # float16 storage: about three significant digits
     np.testing.assert_allclose(reference[2], direct, atol=2e-3, rtol=1e-2)
+
+
+def test_embed_takes_an_array_or_a_path_as_open_volume_does(
+    tmp_path: Path, model: SamModel, reference: np.ndarray
+) -> None:
+    from_array = embed(small_stack(), model, compute=False)
+    assert len(from_array) == 4
+    np.testing.assert_array_equal(from_array.get(2).features[0].numpy(), reference[2])
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, small_stack(), photometric="minisblack")
+    from_path = embed(str(path), model, slices=[1], progress=False)
+    assert from_path.missing() == [0, 2, 3]
+    np.testing.assert_array_equal(from_path.get(1).features[0].numpy(), reference[1])
 
 
 def test_store_on_disk_reopens_without_recomputing(

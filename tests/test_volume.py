@@ -89,6 +89,23 @@ def test_numpy_zyx_reads_slices_and_windows() -> None:
     np.testing.assert_array_equal(vol.read_slice(3, (4, 5, 20, 9)), data[3, 4:20, 5:9])
 
 
+def test_volume_indexes_like_numpy_reading_only_what_is_asked() -> None:
+    data = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6)
+    vol = open_volume(data)
+    np.testing.assert_array_equal(vol[1], data[1])
+    np.testing.assert_array_equal(vol[-1], data[-1])
+    np.testing.assert_array_equal(vol[1:3], data[1:3])
+    np.testing.assert_array_equal(vol[::-2, 0], data[::-2, 0])
+    np.testing.assert_array_equal(vol[2, 1:3, 2:5], data[2, 1:3, 2:5])
+    assert vol[5:].shape == (0, 5, 6)
+    with pytest.raises(IndexError, match=r"z=4 is outside .* 4 slice"):
+        vol[4]
+    with pytest.raises(IndexError, match="z=-5"):
+        vol[-5]
+    with pytest.raises(TypeError, match="integer or a slice"):
+        vol[1.5]
+
+
 def test_2d_image_is_one_slice() -> None:
     data = ramp((20, 30), np.float32)
     vol = open_volume(data)

@@ -32,10 +32,10 @@ from .encode import choose_batch_size, encode_tiles
 from .model import ImageEmbedding
 from .models import input_size
 from .tiling import TileGrid, Window, tile_grid
+from .volume import Volume, open_volume
 
 if TYPE_CHECKING:
     from .model import SamModel
-    from .volume import Volume
 
 FORMAT = "napari-segany.embeddings"
 VERSION = 1
@@ -385,7 +385,7 @@ def _open_or_create(path: Path | None, sig: dict[str, Any], recompute: bool) -> 
 
 
 def embed(
-    volume: Volume,
+    volume: Volume | Any,
     model: SamModel,
     path: str | Path | None = None,
     *,
@@ -405,7 +405,8 @@ def embed(
     Parameters
     ----------
     volume
-        From :func:`napari_segany.open_volume`.
+        From :func:`napari_segany.open_volume`, or anything it opens with its defaults
+        (a numpy or dask array, a TIFF or zarr path).
     model
         From :func:`napari_segany.load_model`.
     path
@@ -436,6 +437,8 @@ def embed(
     PermissionError
         The store cannot be written.
     """
+    if not isinstance(volume, Volume):
+        volume = open_volume(volume)
     grid = tile_grid(volume.slice_shape, tile_size=tile_size, halo=halo)
     sig = signature(volume, model, grid)
     target = None if path is None else Path(path)

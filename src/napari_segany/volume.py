@@ -85,6 +85,31 @@ class Volume:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Raw values, NumPy style: ``vol[z]`` one slice, ``vol[-1]`` the last,
+        ``vol[2:5]`` a stack of slices, ``vol[z, 10:50, 20:60]`` part of a slice.
+
+        Only the slices asked for are read.
+        """
+        rest: tuple[Any, ...] = ()
+        if isinstance(key, tuple):
+            if not key:
+                raise IndexError("index the volume by slice first: vol[z] or vol[z0:z1]")
+            key, rest = key[0], key[1:]
+        if isinstance(key, slice):
+            planes = [self.read_slice(z) for z in range(*key.indices(len(self)))]
+            empty = np.empty((0, *self.shape[1:], *((3,) if self.rgb else ())), self.dtype)
+            stack = np.stack(planes) if planes else empty
+            return stack[(slice(None), *rest)]
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+            raise TypeError(f"slice index z must be an integer or a slice, got {key!r}")
+        z = int(key) + len(self) if key < 0 else int(key)
+        if not 0 <= z < len(self):
+            raise IndexError(
+                f"slice z={key} is outside {self.source}, which has {len(self)} slice(s)"
+            )
+        return self.read_slice(z)[rest] if rest else self.read_slice(z)
+
     def __reduce__(self) -> tuple:
         # Batch workers (dask.distributed) get the same view and the limits already decided:
         # the source is reopened there (a path reopens its file), and nothing is re-sampled.
