@@ -41,6 +41,8 @@ _EXPORTS = {
     "BatchResult": "batch",
     "read_prompts": "prompt_batch",
     "segment_with_prompts": "prompt_batch",
+    "evaluate_interactive": "evaluate",
+    "InteractiveReport": "evaluate",
 }
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "CheckpointError",
     "EmbeddingStore",
     "ImageEmbedding",
+    "InteractiveReport",
     "LabelsStore",
     "NotEmbeddedError",
     "Prediction",
@@ -64,6 +67,7 @@ __all__ = [
     "__version__",
     "choose_device",
     "embed",
+    "evaluate_interactive",
     "fetch",
     "link_slices",
     "list_models",
@@ -87,6 +91,7 @@ if TYPE_CHECKING:
     from .batch import BatchResult, segment_files
     from .device import choose_device
     from .embeddings import EmbeddingStore, NotEmbeddedError, StoreMismatchError, embed
+    from .evaluate import InteractiveReport, evaluate_interactive
     from .labels import LabelsStore, StoreLockedError
     from .model import CheckpointError, ImageEmbedding, SamModel, load_model
     from .prompt_batch import read_prompts, segment_with_prompts

@@ -129,9 +129,12 @@ class Segmenter:
     store
         From :func:`napari_segany.embed`; missing slices are computed on demand when
         the store knows its volume.
+    refine
+        Choose and refine masks better than SAM's IoU head alone (see
+        :mod:`napari_segany.refine`); False keeps SAM's plain path.
     """
 
-    def __init__(self, model: SamModel, store: EmbeddingStore) -> None:
+    def __init__(self, model: SamModel, store: EmbeddingStore, *, refine: bool = False) -> None:
         sha = store.signature["model"]["sha256"]
         if sha is not None and model.sha256 is not None and sha != model.sha256:
             raise ValueError(
@@ -140,6 +143,7 @@ class Segmenter:
             )
         self.model = model
         self.store = store
+        self.refine = refine
         self._kept: dict[tuple[int, int], ImageEmbedding] = {}  # most recently used last
 
     @property

@@ -1,0 +1,119 @@
+"""``napari-segany evaluate``: the field's interactive-segmentation scores on one image.
+
+Only argparse is imported with this module; torch and the engine load when the command
+runs, so ``napari-segany --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from . import weights
+
+__all__ = ["add_evaluate", "default_out", "evaluate"]
+
+_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+
+
+def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` subcommand to the ``napari-segany`` parser."""
+    from .cli import _count
+
+    parser = commands.add_parser(
+        "evaluate",
+        help="score interactive segmentation against ground-truth labels (micro-sam's protocol)",
+        description=(
+            "Prompt every object of LABELS on IMAGE as a user would: a first prompt (the "
+            "object's deepest interior point or its tight box), then corrective clicks at the "
+            "deepest point of the larger error region. Prints mean IoU, mSA and SA50 after "
+            "each click and the number of clicks to IoU 0.85 / 0.90; writes evaluation.json "
+            "and evaluation.png into the output folder."
+        ),
+    )
+    parser.add_argument("image", metavar="IMAGE", help="a 2D image or a 3D volume (TIFF, zarr)")
+    parser.add_argument(
+        "labels", metavar="LABELS", help="a TIFF of integer instance labels of the same shape"
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        default=weights.DEFAULT_MODEL,
+        help="model name or checkpoint path (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--start",
+        choices=("point", "box"),
+        default="point",
+        help="the first prompt of each object (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--iterations",
+        metavar="N",
+        type=_count,
+        default=8,
+        help="corrective clicks after the first prompt (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: <image name>.evaluation in the current folder)",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="SAM's plain path (no mask refinement), for comparison",
+    )
+    parser.add_argument(
+        "--device", metavar="DEV", default="auto", help="auto, cpu, cuda, mps (default: auto)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=evaluate)
+
+
+def default_out(image: str | os.PathLike[str]) -> Path:
+    """``<image name>.evaluation`` in the current folder (``cells.tif`` -> ``cells.evaluation``)."""
+    name = Path(os.path.abspath(image)).name
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Path(f"{name}.evaluation")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Run ``napari-segany evaluate``; the exit status: 0 done, 1 an error."""
+    from .cli import _error
+    from .device import choose_device
+    from .evaluate import check_settings, evaluate_interactive
+    from .model import CheckpointError
+    from .weights import UnknownModelError, WeightsError
+
+    out = Path(args.out) if args.out else default_out(args.image)
+    if out.exists() and not out.is_dir():
+        return _error(f"--out {out} is a file, not a folder")
+    try:
+        choose_device(args.device)  # a typo in --device fails before any work
+        check_settings(args.start, args.iterations)
+        report = evaluate_interactive(
+            args.model,
+            args.image,
+            args.labels,
+            start=args.start,
+            iterations=args.iterations,
+            refine=False if args.plain else None,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    except (WeightsError, UnknownModelError, CheckpointError, OSError, ValueError) as exc:
+        return _error(exc)
+    print(report.table())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written = [report.to_json(out / "evaluation.json"), report.plot(out / "evaluation.png")]
+    except OSError as exc:
+        return _error(f"cannot write the results into {out}: {exc}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
