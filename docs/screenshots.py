@@ -4,10 +4,11 @@ Run from the repository root, with a display (a virtual one will do)::
 
     xvfb-run -a python docs/screenshots.py
 
-It opens the bundled nuclei volume, starts the widget with the default model, places a
-point and a box (screenshot 1: the preview), commits them, carries a third nucleus
-through z (screenshot 2: the committed labels) and writes ``docs/images/*.png``. The
-session's embeddings and labels go to a temporary folder, not the user's cache.
+It opens the bundled nuclei volume, starts the widget with the default model, commits one
+nucleus, places a point and a box on two more (screenshot 1: the preview beside a
+committed object), commits them, carries a fourth nucleus through z (screenshot 2: the
+committed labels) and writes ``docs/images/*.png``. The session's embeddings and labels go
+to a temporary folder, not the user's cache.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 IMAGES = Path(__file__).resolve().parent / "images"
 WINDOW = (1400, 860)
-DOCK_WIDTH = 340
 ANGLES = (0.0, 25.0, 45.0)  # camera (roll, elevation, azimuth) of the 3D screenshot
 MAX_BYTES = 300_000
 TIMEOUT = 300.0  # s: the encoder takes ~1-3 s per slice on a small CPU
@@ -68,23 +68,27 @@ def centre(mask: np.ndarray) -> tuple[float, float]:
 
 
 def save(viewer: napari.Viewer, path: Path) -> None:
-    """Screenshot the whole window to ``path``, downscaled when the PNG is too big."""
+    """Screenshot the whole window to ``path``; fewer colours, then smaller, when too big."""
     from PIL import Image
 
-    settle()
+    # Long enough for the dock to lay out wrapped text again (a 3D canvas repaints slowly).
+    settle(2.0)
     pixels = viewer.screenshot(canvas_only=False, flash=False)
-    image = Image.fromarray(np.asarray(pixels)).convert("RGB")
+    rgb = Image.fromarray(np.asarray(pixels)).convert("RGB")
     path.parent.mkdir(parents=True, exist_ok=True)
+    image = rgb
     image.save(path, optimize=True)
     while path.stat().st_size > MAX_BYTES:
-        image = image.resize((image.width * 7 // 8, image.height * 7 // 8), Image.LANCZOS)
+        if image is not rgb:  # already a palette: smaller then
+            rgb = rgb.resize((rgb.width * 7 // 8, rgb.height * 7 // 8), Image.LANCZOS)
+        # A palette keeps the text sharp, unlike resizing; tried first.
+        image = rgb.quantize(colors=256, dither=Image.Dither.NONE)
         image.save(path, optimize=True)
     print(f"wrote {path} ({image.width}x{image.height}, {path.stat().st_size // 1024} KB)")
 
 
 def main() -> int:
     import napari
-    from qtpy.QtCore import Qt
 
     sessions = tempfile.TemporaryDirectory(prefix="segany-screenshots-")
     os.environ["NAPARI_SEGANY_SESSIONS"] = sessions.name
@@ -95,8 +99,8 @@ def main() -> int:
     truth = np.asarray(viewer.layers["nuclei ground truth"].data)
     viewer.dims.axis_labels = ("z", "y", "x")
     camera = getattr(viewer, "scene", viewer).camera  # napari >= 0.9 moved it to the scene
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-segany", "Segment Anything")
-    viewer.window._qt_window.resizeDocks([dock], [DOCK_WIDTH], Qt.Orientation.Horizontal)
+    # The dock as napari sizes it, as a user first sees it (not widened for the picture).
+    _, widget = viewer.window.add_plugin_dock_widget("napari-segany", "Segment Anything")
     try:
         widget.image_combo.setCurrentText("nuclei")
         widget.start()
@@ -109,10 +113,15 @@ def main() -> int:
         wait_until(lambda: widget.session.is_embedded(z), f"slice {z}'s embedding")
         wait_until(lambda: widget._embed_worker is None, "the neighbours' embeddings")
 
-        # Screenshot 1: a point on the largest nucleus and a box around another one.
-        first, second, third, *_ = nuclei_by_size(truth, z)
+        # Screenshot 1: one nucleus committed, then a point on another and a box around a
+        # third: the preview (outlined) beside the committed labels (filled).
+        first, second, third, fourth, *_ = nuclei_by_size(truth, z)
         widget.points.add([z, *centre(truth[z] == first)])
-        (y, x) = np.nonzero(truth[z] == second)
+        wait_until(lambda: widget.preview is not None, "the preview of the first nucleus")
+        if len(widget.commit()) != 1:
+            raise RuntimeError(f"the commit failed: {widget.status.text()}")
+        widget.points.add([z, *centre(truth[z] == second)])
+        (y, x) = np.nonzero(truth[z] == third)
         y0, y1, x0, x1 = y.min() - 3, y.max() + 3, x.min() - 3, x.max() + 3
         corners = [[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]]  # 3D: all four
         widget.boxes.add_rectangles(np.array(corners, dtype=float))
@@ -122,20 +131,19 @@ def main() -> int:
         )
         points = viewer.layers["nuclei points"]
         viewer.layers.selection.active = points
-        camera.zoom *= 1.25
         save(viewer, IMAGES / "widget-preview.png")
 
         if len(widget.commit()) != 2:
             raise RuntimeError(f"the commit failed: {widget.status.text()}")
 
-        # Screenshot 2: a third nucleus carried through z, all objects committed.
-        widget.points.add([z, *centre(truth[z] == third)])
-        wait_until(lambda: widget.preview is not None, "the preview of the third nucleus")
+        # Screenshot 2: a fourth nucleus carried through z, all objects committed.
+        widget.points.add([z, *centre(truth[z] == fourth)])
+        wait_until(lambda: widget.preview is not None, "the preview of the fourth nucleus")
         widget.propagate()
         wait_until(lambda: widget._propagate_worker is None, "the propagation", 3 * TIMEOUT)
         # In 3D: the committed objects are flat (one slice), the propagated one is not.
         labels = viewer.layers["nuclei labels"]
-        if np.count_nonzero(np.asarray(labels.data[:]) == 3) <= (truth[z] == third).sum():
+        if np.count_nonzero(np.asarray(labels.data[:]) == 4) <= (truth[z] == fourth).sum():
             raise RuntimeError(f"the propagation failed: {widget.status.text()}")
         viewer.layers.selection.active = labels
         for name in ("nuclei points", "nuclei boxes", "nuclei preview"):
@@ -144,7 +152,6 @@ def main() -> int:
         image.rendering, image.opacity = "mip", 0.6
         viewer.dims.ndisplay = 3
         camera.angles = ANGLES
-        camera.zoom *= 1.2
         save(viewer, IMAGES / "widget-committed.png")
     finally:
         widget.close_session()

@@ -21,6 +21,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDockWidget,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -30,6 +31,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -77,14 +79,18 @@ def _source_path(layer: Image) -> str | None:
     return str(path) if path else None
 
 
-def _preview_with_labels(
+def _preview_with_outline(
     session: Session, z: int, points: np.ndarray, signs: np.ndarray, boxes: np.ndarray
-) -> Preview | None:
-    """Decode in a worker thread, upscaling the masks into the labels image there too."""
+) -> tuple[Preview, np.ndarray] | None:
+    """Decode in a worker thread, with what the preview layer draws: the GUI only shows it.
+
+    The preview keeps its labels image (the masks upscaled); the outline of its objects is
+    what the layer shows.
+    """
     preview = session.preview(z, points, signs, boxes)
-    if preview is not None:
-        preview.labels()  # kept by the preview: the GUI thread then only shows it
-    return preview
+    if preview is None:
+        return None
+    return preview, layers.outline(preview.labels())
 
 
 class SegmentAnythingWidget(QWidget):
@@ -141,6 +147,11 @@ class SegmentAnythingWidget(QWidget):
         from .weights import list_models
 
         self.image_combo = QComboBox()
+        # Layer names can be long (file names): they must not widen the dock.
+        self.image_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.image_combo.setMinimumContentsLength(12)
         self.model_combo = QComboBox()
         self.model_combo.addItems(list_models())
         self.model_combo.setCurrentText("mobile_sam")
@@ -162,8 +173,7 @@ class SegmentAnythingWidget(QWidget):
         self.embed_all_button.clicked.connect(self.embed_all)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel_embedding)
-        self.status = QLabel("Pick an image and press Start.")
-        self.status.setWordWrap(True)
+        self.status = _WrappingLabel("Pick an image and press Start.")
         embed_row = QHBoxLayout()
         embed_row.addWidget(self.embed_all_button)
         embed_row.addWidget(self.cancel_button)
@@ -176,6 +186,13 @@ class SegmentAnythingWidget(QWidget):
 
         self.negative_check = QCheckBox("Negative points (T)")
         self.negative_check.toggled.connect(self._sign_changed)
+        self.refine_check = QCheckBox("Refined click")
+        self.refine_check.setChecked(True)
+        self.refine_check.setToolTip(
+            "A click takes the smallest of SAM's candidate masks that is more than a speck "
+            "(better on cells and nuclei); off: SAM's own choice by predicted IoU"
+        )
+        self.refine_check.toggled.connect(self._refine_changed)
         self.commit_button = QPushButton("Commit (C)")
         self.clear_button = QPushButton("Clear (X)")
         self.cycle_button = QPushButton("Next mask (N)")
@@ -190,9 +207,10 @@ class SegmentAnythingWidget(QWidget):
         self.propagate_button.clicked.connect(self.propagate)
         self.min_overlap = _spin(StopRule.min_overlap, "Least overlap with the previous slice")
         self.min_score = _spin(StopRule.min_score, "Least predicted IoU")
-        self.preview_info = QLabel("")
+        self.preview_info = _WrappingLabel()
         grid = QGridLayout()
-        grid.addWidget(self.negative_check, 0, 0, 1, 2)
+        grid.addWidget(self.negative_check, 0, 0)
+        grid.addWidget(self.refine_check, 0, 1)
         grid.addWidget(self.commit_button, 1, 0)
         grid.addWidget(self.clear_button, 1, 1)
         grid.addWidget(self.cycle_button, 2, 0)
@@ -315,6 +333,7 @@ class SegmentAnythingWidget(QWidget):
             session.close()
             return
         self.session = session
+        session.segmenter.refine = self.refine_check.isChecked()
         image = self.image
         self.labels_layer = self._add(layers.make_labels(image, session.labels.array))
         # Objects change through commits (logged, undoable), not napari's brush.
@@ -335,8 +354,9 @@ class SegmentAnythingWidget(QWidget):
         self._enable(True)
         done = int(session.store.done().sum())
         self.status.setText(
-            f"Session in {session.workspace}: {done} of {len(session.volume)} slice(s) "
-            f"embedded, {len(session.labels.log())} object(s) committed earlier."
+            f"{self._next_step()} Session in {session.workspace}: {done} of "
+            f"{len(session.volume)} slice(s) embedded, {len(session.labels.log())} object(s) "
+            "committed earlier."
         )
         if session.read_only:
             show_warning(
@@ -381,6 +401,13 @@ class SegmentAnythingWidget(QWidget):
         n = len(self.session.volume) if self.session is not None else 1
         return int(min(max(round(z), 0), n - 1))
 
+    def _next_step(self) -> str:
+        """What to do once a session is open."""
+        ready = self.session is not None and self.session.is_embedded(self._current_z())
+        # Clicking before the slice is embedded is fine: the prompts wait for it.
+        click = "Ready: click" if ready else "Click"
+        return f"{click} an object to segment it {_commit_and_clear_keys()}."
+
     def _embed(self) -> None:
         """Run the embedding worker if wanted slices are missing and none runs."""
         if self.session is None or self._queue is None or self._embed_worker is not None:
@@ -393,7 +420,8 @@ class SegmentAnythingWidget(QWidget):
         worker.finished.connect(self._embedding_finished)
         self._embed_worker = worker
         self.cancel_button.setEnabled(True)
-        self.status.setText(f"Embedding slice {self._queue.next(self.session.store.done())}…")
+        next_z = self._queue.next(self.session.store.done())
+        self.status.setText(f"{self._next_step()} Embedding slice {next_z}…")
         worker.start()
 
     def _embedded(self, update: tuple[int, int, int]) -> None:
@@ -404,7 +432,7 @@ class SegmentAnythingWidget(QWidget):
         self.progress.setValue(done)
         embedded = self.session.store.done() if self.session is not None else np.zeros(0, bool)
         self.status.setText(
-            f"Embedded {done} of {wanted} wanted slices (last: slice {z}); "
+            f"{self._next_step()} Embedded {done} of {wanted} wanted slices (last: slice {z}); "
             f"slices embedded: {slice_ranges(embedded)} of {len(embedded)}."
         )
         if self._waiting_for == z:
@@ -480,6 +508,11 @@ class SegmentAnythingWidget(QWidget):
         if not np.array_equal(points.face_color, colors):
             points.face_color = colors
 
+    def _refine_changed(self, on: bool) -> None:
+        if self.session is not None:
+            self.session.segmenter.refine = on
+            self._request_decode()
+
     def _request_decode(self) -> None:
         self._debounce.start()
 
@@ -502,7 +535,7 @@ class SegmentAnythingWidget(QWidget):
             return
         self._decode_generation = self._generation
         worker = create_worker(
-            _preview_with_labels, self.session, z, pts, signs, boxes, _start_thread=False
+            _preview_with_outline, self.session, z, pts, signs, boxes, _start_thread=False
         )
         worker.returned.connect(self._decoded)
         worker.errored.connect(self._decode_failed)
@@ -510,13 +543,14 @@ class SegmentAnythingWidget(QWidget):
         self._decode_worker = worker
         worker.start()
 
-    def _decoded(self, preview: Preview | None) -> None:
+    def _decoded(self, decoded: tuple[Preview, np.ndarray] | None) -> None:
         if self._decode_generation != self._generation or self._decode_again or self._closed:
             return  # stale: the session changed or newer prompts wait
+        preview, outlined = decoded if decoded is not None else (None, None)
         if preview is not None and preview.z != self._current_z():
             return
         self.preview = preview
-        self._show(preview)
+        self._show(preview, outlined)
 
     def _decode_failed(self, err: Exception) -> None:
         if isinstance(err, NotEmbeddedError):
@@ -531,13 +565,14 @@ class SegmentAnythingWidget(QWidget):
             self._decode_again = False
             self._decode_now()
 
-    def _show(self, preview: Preview | None) -> None:
+    def _show(self, preview: Preview | None, outlined: np.ndarray | None = None) -> None:
+        """Show ``preview`` (None: nothing), drawn as ``outlined`` when that is known."""
         if self.preview_layer is None or self.image is None:
             return
         z = self._current_z() if preview is None else preview.z
-        layers.show_preview(
-            self.preview_layer, self.image, z, None if preview is None else preview.labels()
-        )
+        if preview is not None and outlined is None:
+            outlined = layers.outline(preview.labels())
+        layers.show_preview(self.preview_layer, self.image, z, outlined)
         if preview is None:
             self.preview_info.setText("")
         else:
@@ -639,7 +674,10 @@ class SegmentAnythingWidget(QWidget):
             layers.remove_prompts_on_slice(self.points, self.boxes, z, self.image.ndim)
         if self.labels_layer is not None:
             self.labels_layer.refresh()
-        self.status.setText(f"Committed object(s) {', '.join(map(str, ids))}.")
+        self.status.setText(
+            f"Committed object(s) {', '.join(map(str, ids))}; click the next object "
+            f"{_commit_and_clear_keys()}."
+        )
 
     def clear_prompts(self) -> None:
         """Remove the prompts on the slice on screen and its preview."""
@@ -783,6 +821,25 @@ class SegmentAnythingWidget(QWidget):
         self.close_session()
         super().closeEvent(event)
 
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        self._fit_dock_title()
+
+    def _fit_dock_title(self) -> None:
+        """Be at least as wide as the title bar of the dock we are in needs.
+
+        The dock takes its width from this widget, not from its title bar (napari's custom
+        title bar reports no minimum width), so without this the title is cut off.
+        """
+        dock = self.parentWidget()
+        bar = dock.titleBarWidget() if isinstance(dock, QDockWidget) else None
+        layout = bar.layout() if bar is not None else None
+        if layout is None:
+            return
+        needed = layout.totalMinimumSize().width()  # with the title bar's own margins
+        if needed > self.minimumWidth():
+            self.setMinimumWidth(needed)
+
 
 class _Shortcut:
     """A viewer key binding that calls a widget method, and nothing once the widget is gone."""
@@ -793,6 +850,31 @@ class _Shortcut:
     def __call__(self, _viewer: Any) -> None:
         if not self._widget._closed:
             getattr(self._widget, self._name)()
+
+
+def _commit_and_clear_keys() -> str:
+    """``"(C commits, X clears)"``, with the keys that are bound (:data:`SHORTCUTS`)."""
+    keys = {name: key.upper() for key, name, _ in SHORTCUTS}
+    return f"({keys['commit']} commits, {keys['clear_prompts']} clears)"
+
+
+class _WrappingLabel(QLabel):
+    """A label for long text (paths, errors, slice lists) that never widens the dock.
+
+    It wraps at spaces and path separators; a word longer than the width is cut, and the
+    whole text is in the tooltip.
+    """
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__()
+        self.setWordWrap(True)
+        # Ignored: the layout decides the width, the text only the height.
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self.setText(text)
+
+    def setText(self, text: str | None) -> None:
+        super().setText(text)
+        self.setToolTip(text or "")
 
 
 def _spin(value: float, tip: str) -> QDoubleSpinBox:

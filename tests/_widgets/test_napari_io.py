@@ -9,6 +9,7 @@ and save through a real viewer and the npe2 manifest.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import numpy as np
 import pytest
 import zarr
 from napari import Viewer
+from napari.errors import MultipleReaderError
 from napari.layers import Image, Labels
+from napari.settings import get_settings
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Reader
 from ome_zarr_models.v05 import ImageLabel
@@ -420,3 +423,42 @@ def test_viewer_saves_an_opened_layer_back_into_its_image(
     with LabelsStore.open(image, read_only=True) as store:
         np.testing.assert_array_equal(store.read(), edited)
     np.testing.assert_array_equal(np.asarray(viewer.layers["image"].data[0]), ramp(SHAPE))
+
+
+@pytest.mark.gui
+def test_viewer_opens_our_stores_once_napari_prefers_us_for_ome_zarr_folders(
+    make_napari_viewer: Callable[..., Viewer],
+    monkeypatch: pytest.MonkeyPatch,
+    image: Path,
+    tmp_path: Path,
+) -> None:
+    """What docs/napari.md tells users: File > Open asks, or a reader preference answers.
+
+    napari lists every reader that accepts folders for any folder, whatever its name, so
+    without a preference it asks which plugin to use (the reader dialog of File > Open).
+    """
+    path = tmp_path / "cells.labels.ome.zarr"
+    with LabelsStore.create(path, SHAPE) as store:
+        store.commit(disk(SHAPE[1:], (20, 20), 6), z=1)
+        store.commit(disk(SHAPE[1:], (10, 30), 4), z=2)
+        expected = store.read()
+    viewer = make_napari_viewer()
+    with pytest.raises(MultipleReaderError) as asked:
+        viewer.open(str(path), plugin=None)
+    assert PLUGIN in asked.value.available_plugins
+
+    # The preference Preferences > Plugins sets (changed in place: not saved to disk).
+    preferences = get_settings().plugins.extension2reader
+    monkeypatch.setitem(preferences, f"*.ome.zarr{os.sep}", PLUGIN)
+    (labels,) = viewer.open(str(path), plugin=None)
+    assert isinstance(labels, Labels) and labels.name == "cells.labels"
+    np.testing.assert_array_equal(np.asarray(labels.data), expected)
+    assert set(np.unique(expected)) == {0, 1, 2}
+
+    # An OME-Zarr image opens with its labels the same way.
+    viewer.layers.clear()
+    opened = viewer.open(str(image), plugin=None)
+    assert [(layer.name, type(layer)) for layer in opened] == [
+        ("image", Image),
+        ("segany", Labels),
+    ]

@@ -6,6 +6,7 @@ assertion is on layer data. The workers are real threads: tests wait for their r
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def test_click_commit_undo_redo_propagate_save_and_reopen(
         target = _nucleus(truth, z)
         widget.points.add([z, *_centre(target[z])])
         qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
-        shown = widget.preview_layer.data[0] > 0
+        shown = widget.preview.labels() > 0
+        assert widget.preview_layer.data[0].any()  # drawn on the slice it belongs to
         assert widget.preview_layer.translate[0] == z
         assert _iou(shown, target[z]) > 0.8
 
@@ -176,7 +178,7 @@ def test_prompts_before_the_embedding_are_kept_and_slices_can_change(
         widget.points.add([z, *_centre(target[z])])  # queued, not lost
         qtbot.waitUntil(lambda: widget.preview is not None, timeout=2 * WAIT)
         assert widget.preview.z == z
-        assert _iou(widget.preview_layer.data[0] > 0, target[z]) > 0.7
+        assert _iou(widget.preview.labels() > 0, target[z]) > 0.7
         assert widget.preview_layer.translate[0] == z
 
         # Another slice: the preview of slice 3 is not shown there.
@@ -184,7 +186,7 @@ def test_prompts_before_the_embedding_are_kept_and_slices_can_change(
         assert not widget.preview_layer.data.any()
         viewer.dims.set_current_step(0, z)  # back: the prompts are still there
         qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=2 * WAIT)
-        assert _iou(widget.preview_layer.data[0] > 0, target[z]) > 0.7
+        assert _iou(widget.preview.labels() > 0, target[z]) > 0.7
     finally:
         widget.close_session()
 
@@ -205,7 +207,7 @@ def test_boxes_and_negative_points_on_a_2d_image(
         (y0, y1), (x0, x1) = [(int(i.min()) - 4, int(i.max()) + 4) for i in np.nonzero(coin)]
         widget.boxes.add_rectangles(np.array([[y0, x0], [y1, x1]], dtype=float))
         qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
-        boxed = widget.preview_layer.data > 0
+        boxed = widget.preview.labels() > 0
         assert boxed.shape == image.shape
         assert boxed[y0:y1, x0:x1].sum() > 0.95 * boxed.sum()
         assert _iou(boxed, coin) > 0.7
@@ -223,6 +225,92 @@ def test_boxes_and_negative_points_on_a_2d_image(
         assert (np.asarray(widget.labels_layer.data) == label_id).sum() == boxed.sum()
     finally:
         widget.close_session()
+
+
+def test_the_refined_click_is_a_setting_that_redecodes_at_once(
+    qtbot, viewer_with_nuclei: Viewer, nuclei
+) -> None:
+    _, truth = nuclei
+    widget = _open_widget(viewer_with_nuclei)
+    try:
+        _start(qtbot, widget, "nuclei")
+        z = widget._current_z()
+        qtbot.waitUntil(lambda: widget.session.is_embedded(z), timeout=WAIT)
+        assert widget.refine_check.isChecked() and widget.session.segmenter.refine
+        widget.points.add([z, *_centre(_nucleus(truth, z)[z])])
+        qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
+        refined = widget.preview
+        widget.refine_check.setChecked(False)
+        assert widget.session.segmenter.refine is False
+        qtbot.waitUntil(lambda: widget.preview is not refined, timeout=WAIT)
+        plain = widget.preview.predictions[0]
+        assert plain.index == int(np.argmax(plain.scores))
+        np.testing.assert_array_equal(plain.scores, refined.predictions[0].scores)
+    finally:
+        widget.close_session()
+
+
+def test_after_start_the_status_says_what_to_do_and_the_preview_stands_apart(
+    qtbot, viewer_with_nuclei: Viewer, nuclei
+) -> None:
+    viewer = viewer_with_nuclei
+    _, truth = nuclei
+    widget = _open_widget(viewer)
+    try:
+        _start(qtbot, widget, "nuclei")
+        qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=3 * WAIT)
+        keys = {name: key.upper() for key, name, _ in SHORTCUTS}
+        status = widget.status.text()
+        assert status.startswith("Ready: click an object to segment it")
+        assert f"{keys['commit']} commits" in status and f"{keys['clear_prompts']} clears" in status
+
+        # The preview layer draws the border of each object, in one colour; the labels
+        # layer fills committed objects, a colour per id: an id never looks the same in both.
+        z = widget._current_z()
+        widget.points.add([z, *_centre(_nucleus(truth, z)[z])])
+        qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
+        mask = widget.preview.labels() > 0
+        drawn = widget.preview_layer.data[0] > 0
+        assert drawn.any() and not (drawn & ~mask).any()
+        assert drawn.sum() < 0.5 * mask.sum()
+        preview, labels = widget.preview_layer, widget.labels_layer
+        for label_id in range(1, 6):
+            np.testing.assert_allclose(preview.get_color(label_id), preview.get_color(1))
+            assert not np.allclose(preview.get_color(label_id), labels.get_color(label_id))
+        # In 3D too, with nothing for napari to warn about.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            viewer.dims.ndisplay = 3
+            viewer.dims.ndisplay = 2
+    finally:
+        widget.close_session()
+
+
+def test_the_dock_fits_its_title_and_long_text_does_not_widen_it(
+    qtbot, make_napari_viewer: Callable[..., Viewer]
+) -> None:
+    from qtpy.QtWidgets import QLabel
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "nuclei")
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment Anything")
+    qtbot.waitUntil(widget.isVisible)
+    qtbot.wait(100)
+    title = dock.titleBarWidget().findChild(QLabel)
+    assert "Segment Anything" in title.text()
+    assert title.width() >= title.sizeHint().width()  # not cut off
+    width = dock.width()
+
+    folder = "/".join(["data", "0123456789abcdef" * 4, *(["experiment"] * 12), "labels.ome.zarr"])
+    widget.status.setText(f"Segment Anything: the labels could not be saved: {folder} is busy")
+    widget.preview_info.setText(", ".join(["0.97"] * 40))
+    viewer.add_image(np.zeros((8, 8)), name="a very long layer name " * 8)
+    qtbot.wait(200)
+    assert dock.width() == width
+    assert widget.minimumSizeHint().width() <= width
+    # The text wraps instead: several lines, each within the widget.
+    assert widget.status.height() >= 3 * widget.status.fontMetrics().height()
+    widget.close_session()
 
 
 def test_shortcuts_are_bound_on_the_viewer(make_napari_viewer) -> None:
