@@ -4,7 +4,8 @@ For every ``NAME_image.tif`` / ``NAME_labels.tif`` pair in a folder (2D images a
 volumes, e.g. ``../shared/data``), the image is embedded once (in memory, only the slices
 with objects) and two Segmenters share the store: ``refine=False`` (SAM's plain path) and
 ``refine=True``. Each is scored with micro-sam's interactive protocol
-(:func:`napari_segany.evaluate_interactive`), starting from a point and from a box, with
+(:func:`napari_segany.evaluate_interactive`; the objects of every ``--every``-th slice of a
+volume), starting from a point and from a box, with
 ``--iterations`` corrective clicks: mean IoU at the first prompt and after the last click,
 mSA at both, NoC@85 and NoC@90 (the cap is iterations + 1).
 
@@ -15,7 +16,7 @@ the mask in hand, at the objects' deepest points, plain and refined interleaved
 Usage::
 
     python benchmarks/bench_accuracy.py DATA_DIR [--iterations 8] [--model mobile_sam]
-        [--out results.json] [--only NAME ...]
+        [--every 10] [--out results.json] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def run_image(
     volume = sg.open_volume(image)
     with volume:
         truth = fit_labels(read_labels(labels), (len(volume), *volume.slice_shape))
+        if len(truth) > 1 and args.every > 1:  # a volume: every Nth slice, as 2D objects
+            kept = np.zeros_like(truth)
+            kept[:: args.every] = truth[:: args.every]
+            truth = kept
         with_objects = [z for z in range(len(truth)) if truth[z].any()]
         t0 = time.perf_counter()
         store = sg.embed(volume, model, None, slices=with_objects, progress=False)
@@ -156,6 +161,13 @@ def main() -> None:
     parser.add_argument("--model", default="mobile_sam", help="model name or checkpoint path")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     parser.add_argument("--repeats", type=int, default=20, help="timed click rounds (default 20)")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="volumes: evaluate the objects of every Nth slice (default 10)",
+    )
     parser.add_argument("--out", type=Path, help="write all results as JSON here")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these pairs, e.g. em2d_01")
     parser.add_argument("--no-progress", dest="progress", action="store_false")

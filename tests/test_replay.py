@@ -54,4 +54,8 @@ def test_replay_reproduces_the_committed_labels(tmp_path: Path) -> None:
     assert {first, second, third} <= set(np.unique(stored)) and undone not in np.unique(stored)
     assert (stored == first).any(axis=(1, 2)).sum() >= 3  # carried through z
     np.testing.assert_array_equal(replay(labels.log(), seg), stored)
+    # the chosen candidate is logged: the other choice rule replays the same labels
+    other = Segmenter(model, seg.store, refine=not seg.refine)
+    np.testing.assert_array_equal(replay(labels.log(), other), stored)
+    assert labels.log()[0]["record"]["candidate"] is not None
     labels.close()

@@ -20,7 +20,7 @@ from .segmenter import Prompt
 if TYPE_CHECKING:
     from .labels import LabelsStore
     from .model import SamModel
-    from .segmenter import Segmenter
+    from .segmenter import Prediction, Segmenter
 
 KIND = "napari-segany.prompt"
 VERSION = 1
@@ -83,9 +83,18 @@ def segment(
     ``propagate`` holds :meth:`Segmenter.propagate`'s options (``z_range``,
     ``direction``, ``projection``, ``stop`` as a dict of :class:`StopRule` fields).
     """
+    pred = _predict(segmenter, z, prompt, multimask=multimask, candidate=candidate)
+    return _carry(segmenter, pred, propagate)
+
+
+def _predict(
+    segmenter: Segmenter, z: int, prompt: Prompt, *, multimask: bool | None, candidate: int | None
+) -> Prediction:
     pred = segmenter.predict_many(z, [prompt], multimask=multimask)[0]
-    if candidate is not None:
-        pred = pred.cycle(candidate - pred.index)
+    return pred if candidate is None else pred.cycle(candidate - pred.index)
+
+
+def _carry(segmenter: Segmenter, pred: Prediction, propagate: dict[str, Any] | None) -> np.ndarray:
     if propagate is None:
         return pred.mask
     options = dict(propagate)
@@ -93,7 +102,7 @@ def segment(
         options["stop"] = StopRule(**options["stop"])
     if options.get("z_range") is not None:
         options["z_range"] = tuple(options["z_range"])
-    return segmenter.propagate(z, pred.mask, **options)
+    return segmenter.propagate(pred.z, pred.mask, **options)
 
 
 def annotation_record(
@@ -134,15 +143,16 @@ def annotate(
     """Segment an object, commit it, and log how (see :func:`segment`); returns its id."""
     if propagate is not None and isinstance(propagate.get("stop"), StopRule):
         propagate = {**propagate, "stop": asdict(propagate["stop"])}
-    mask = segment(
-        segmenter, z, prompt, multimask=multimask, candidate=candidate, propagate=propagate
-    )
+    pred = _predict(segmenter, z, prompt, multimask=multimask, candidate=candidate)
+    mask = _carry(segmenter, pred, propagate)
+    # The chosen candidate is logged, so a replay gives the same mask whichever rule
+    # (SAM's IoU head or the refined choice) the replaying segmenter would use.
     record = annotation_record(
         segmenter.model,
         z,
         prompt,
         multimask=multimask,
-        candidate=candidate,
+        candidate=pred.index,
         propagate=propagate,
     )
     if mask.ndim == 3:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .prompts import mask_to_logits
+from .refine import choose_candidates
 from .upscale import upscale_mask
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ class Prediction:
     low_res_logits
         ``(K, 256, 256)`` decoder logits of the candidates (feed one back as ``mask=``).
     index
-        The chosen candidate (highest score unless cycled).
+        The chosen candidate: the highest score, or the refined choice
+        (:mod:`napari_segany.refine`), unless cycled.
     window
         ``(y0, x0, y1, x1)`` of the tile window the prompt was decoded on.
     slice_shape
@@ -130,11 +132,12 @@ class Segmenter:
         From :func:`napari_segany.embed`; missing slices are computed on demand when
         the store knows its volume.
     refine
-        Choose and refine masks better than SAM's IoU head alone (see
-        :mod:`napari_segany.refine`); False keeps SAM's plain path.
+        A lone click returns the smallest of SAM's candidates that is more than a speck
+        (see :mod:`napari_segany.refine`), better than SAM's IoU head on microscopy;
+        False keeps SAM's plain choice.
     """
 
-    def __init__(self, model: SamModel, store: EmbeddingStore, *, refine: bool = False) -> None:
+    def __init__(self, model: SamModel, store: EmbeddingStore, *, refine: bool = True) -> None:
         sha = store.signature["model"]["sha256"]
         if sha is not None and model.sha256 is not None and sha != model.sha256:
             raise ValueError(
@@ -237,6 +240,7 @@ class Segmenter:
         box: Sequence[float] | np.ndarray | None = None,
         mask: np.ndarray | torch.Tensor | None = None,
         multimask: bool | None = None,
+        refine: bool | None = None,
     ) -> Prediction:
         """Segment one object on slice ``z``.
 
@@ -253,6 +257,9 @@ class Segmenter:
         multimask
             Three candidates (True) or one (False); default: three for a lone point,
             where the prompt is ambiguous, one otherwise.
+        refine
+            The refined choice of candidate (True) or SAM's IoU head (False); default: the
+            Segmenter's ``refine``.
 
         Raises
         ------
@@ -261,14 +268,20 @@ class Segmenter:
             the wrong shape.
         """
         prompt = Prompt(points, labels, box, mask)
-        return self.predict_many(z, [prompt], multimask=multimask)[0]
+        return self.predict_many(z, [prompt], multimask=multimask, refine=refine)[0]
 
     def predict_many(
-        self, z: int, prompts: Sequence[Prompt], *, multimask: bool | None = None
+        self,
+        z: int,
+        prompts: Sequence[Prompt],
+        *,
+        multimask: bool | None = None,
+        refine: bool | None = None,
     ) -> list[Prediction]:
         """Segment several objects on slice ``z``; prompts of the same kind on the same
-        window are decoded in one batched call.
+        window are decoded in one batched call (see :meth:`predict`).
         """
+        refine = self.refine if refine is None else refine
         checked = [self._check(z, p) for p in prompts]
         grid = self.store.grid
         windows = [grid.window_for_box(extent) for _, extent in checked]
@@ -283,13 +296,15 @@ class Segmenter:
             if many is None:
                 many = n_points == 1 and not has_box and checked[members[0]][0].mask is None
             for i, pred in zip(
-                members, self._decode(z, tile, [checked[i][0] for i in members], many), strict=True
+                members,
+                self._decode(z, tile, [checked[i][0] for i in members], many, refine),
+                strict=True,
             ):
                 results[i] = pred
         return [r for r in results if r is not None]
 
     def _decode(
-        self, z: int, tile: int, prompts: list[Prompt], multimask: bool
+        self, z: int, tile: int, prompts: list[Prompt], multimask: bool, refine: bool
     ) -> list[Prediction]:
         embedding = self.embedding(z, tile)
         y0, x0, _, _ = window = self.store.grid.windows[tile]
@@ -312,12 +327,20 @@ class Segmenter:
             multimask=multimask,
         )
         scores = decoded.iou.float().cpu().numpy()
+        chosen = scores.argmax(axis=1)
+        if refine and multimask:
+            chosen = choose_candidates(
+                decoded.low_res_logits,
+                scores,
+                resized=embedding.resized_size,
+                original=embedding.original_size,
+            )
         return [
             Prediction(
                 z=z % len(self.store),
                 scores=scores[i],
                 low_res_logits=decoded.low_res_logits[i],
-                index=int(np.argmax(scores[i])),
+                index=int(chosen[i]),
                 window=window,
                 slice_shape=self.slice_shape,
                 _frame=self.model.image_size,
