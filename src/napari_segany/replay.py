@@ -76,21 +76,29 @@ def segment(
     multimask: bool | None = None,
     candidate: int | None = None,
     propagate: dict[str, Any] | None = None,
+    refine: bool | None = None,
 ) -> np.ndarray:
     """The mask a prompt gives: ``(Y, X)``, or ``(Z, Y, X)`` when carried through z.
 
-    ``candidate`` picks one of the candidate masks (default the best scored);
+    ``candidate`` picks one of the candidate masks (default the segmenter's choice, made
+    by SAM's score or the refined rule as ``refine`` says, default the segmenter's);
     ``propagate`` holds :meth:`Segmenter.propagate`'s options (``z_range``,
     ``direction``, ``projection``, ``stop`` as a dict of :class:`StopRule` fields).
     """
-    pred = _predict(segmenter, z, prompt, multimask=multimask, candidate=candidate)
+    pred = _predict(segmenter, z, prompt, multimask=multimask, candidate=candidate, refine=refine)
     return _carry(segmenter, pred, propagate)
 
 
 def _predict(
-    segmenter: Segmenter, z: int, prompt: Prompt, *, multimask: bool | None, candidate: int | None
+    segmenter: Segmenter,
+    z: int,
+    prompt: Prompt,
+    *,
+    multimask: bool | None,
+    candidate: int | None,
+    refine: bool | None = None,
 ) -> Prediction:
-    pred = segmenter.predict_many(z, [prompt], multimask=multimask)[0]
+    pred = segmenter.predict_many(z, [prompt], multimask=multimask, refine=refine)[0]
     return pred if candidate is None else pred.cycle(candidate - pred.index)
 
 
@@ -113,6 +121,7 @@ def annotation_record(
     multimask: bool | None = None,
     candidate: int | None = None,
     propagate: dict[str, Any] | None = None,
+    refine: bool = False,
 ) -> dict[str, Any]:
     """The log entry that lets :func:`replay` redo an object (see :func:`segment`)."""
     if propagate is not None and isinstance(propagate.get("stop"), StopRule):
@@ -124,6 +133,7 @@ def annotation_record(
         "prompt": prompt_record(prompt),
         "multimask": multimask,
         "candidate": None if candidate is None else int(candidate),
+        "refine": bool(refine),
         "propagate": propagate,
         "model": {"name": model.name, "architecture": model.architecture, "sha256": model.sha256},
     }
@@ -145,8 +155,8 @@ def annotate(
         propagate = {**propagate, "stop": asdict(propagate["stop"])}
     pred = _predict(segmenter, z, prompt, multimask=multimask, candidate=candidate)
     mask = _carry(segmenter, pred, propagate)
-    # The chosen candidate is logged, so a replay gives the same mask whichever rule
-    # (SAM's IoU head or the refined choice) the replaying segmenter would use.
+    # The rule and the chosen candidate are logged, so a replay gives the same mask
+    # whichever rule (SAM's IoU head or the refined choice) the replaying segmenter uses.
     record = annotation_record(
         segmenter.model,
         z,
@@ -154,6 +164,7 @@ def annotate(
         multimask=multimask,
         candidate=pred.index,
         propagate=propagate,
+        refine=segmenter.refine,
     )
     if mask.ndim == 3:
         return labels.commit(mask, overlap=overlap, record=record)
@@ -183,6 +194,7 @@ def replay(entries: list[dict[str, Any]], segmenter: Segmenter) -> np.ndarray:
             multimask=record["multimask"],
             candidate=record["candidate"],
             propagate=record["propagate"],
+            refine=record.get("refine", False),  # logs from before the refined click
         )
         target = out if mask.ndim == 3 else out[record["z"]]
         if entry["overlap"] == "keep":

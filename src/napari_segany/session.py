@@ -71,12 +71,15 @@ class Preview:
         One per object.
     predictions
         One per object, the chosen candidate first in line.
+    multimask, refine
+        How they were decoded (logged with each committed object, for replays).
     """
 
     z: int
     prompts: list[Prompt]
     predictions: list[Prediction]
     multimask: list[bool | None] = field(default_factory=list)
+    refine: bool = False
     _labels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def labels(self) -> np.ndarray:
@@ -95,7 +98,8 @@ class Preview:
 
     def cycle(self) -> Preview:
         """The same objects with every object's next candidate mask."""
-        return Preview(self.z, self.prompts, [p.cycle() for p in self.predictions], self.multimask)
+        cycled = [p.cycle() for p in self.predictions]
+        return Preview(self.z, self.prompts, cycled, self.multimask, self.refine)
 
 
 def group_prompts(points: np.ndarray, signs: np.ndarray, boxes: np.ndarray) -> list[Prompt]:
@@ -269,8 +273,9 @@ class Session:
             from .embeddings import NotEmbeddedError
 
             raise NotEmbeddedError(f"slice {z} is not embedded yet")
-        predictions = self.segmenter.predict_many(z, prompts, multimask=multimask)
-        return Preview(z, prompts, predictions, [multimask] * len(prompts))
+        refine = self.segmenter.refine  # once: the setting may change while this runs
+        predictions = self.segmenter.predict_many(z, prompts, multimask=multimask, refine=refine)
+        return Preview(z, prompts, predictions, [multimask] * len(prompts), refine)
 
     def commit(self, preview: Preview, *, overlap: str = "keep") -> list[int]:
         """Add the preview's objects to the labels; their ids, in order.
@@ -287,7 +292,12 @@ class Session:
                     preview.prompts, preview.predictions, preview.multimask, strict=True
                 ):
                     record = annotation_record(
-                        self.model, preview.z, prompt, multimask=many, candidate=pred.index
+                        self.model,
+                        preview.z,
+                        prompt,
+                        multimask=many,
+                        candidate=pred.index,
+                        refine=preview.refine,
                     )
                     ids.append(
                         self.labels.commit(pred.mask, z=preview.z, overlap=overlap, record=record)
@@ -344,6 +354,7 @@ class Session:
                     prompt,
                     multimask=many,
                     candidate=pred.index,
+                    refine=preview.refine,
                     propagate=options,
                 )
                 ids.append(self.labels.commit(mask, overlap=overlap, record=record))
