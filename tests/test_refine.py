@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_segany as sg
-from napari_segany.refine import MIN_AREA, choose_candidates, choose_for_box
+from napari_segany.refine import MIN_AREA, choose_candidates
 from napari_segany.segmenter import Segmenter
 
 
@@ -68,42 +68,6 @@ def test_segmenter_switch_chooses_by_the_rule_or_by_sam() -> None:
     assert r.index != p.index and areas[r.index] < areas[p.index]
     np.testing.assert_array_equal(r.scores, p.scores)  # one decoder call, the same outputs
     assert plain.predict(points=[(100, 100)], labels=[1], refine=True).index == r.index
-    # several points have one answer, refined or not
-    two = {"points": [(100, 100), (140, 140)], "labels": [1, 1]}
-    assert len(refined.predict(**two).scores) == len(plain.predict(**two).scores) == 1
-    # a box: SAM's single mask, or the one of four that fills the box best
+    # prompts with one answer (a box, several points) are not affected
     box = (78, 78, 123, 123)
-    one, four = plain.predict(box=box), refined.predict(box=box)
-    assert len(one.scores) == 1 and len(four.scores) == 4
-    # the same single mask among the four (up to float rounding of a wider product)
-    np.testing.assert_allclose(four.scores[:1], one.scores, atol=1e-4)
-    assert (four.masks[0] & one.mask).sum() / (four.masks[0] | one.mask).sum() > 0.999
-    boxes = [_box_of(m) for m in four.masks]
-    assert _box_iou(boxes[four.index], box) == max(_box_iou(b, box) for b in boxes)
-
-
-def _box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    return ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
-
-
-def _box_iou(a: tuple, b: tuple) -> float:
-    dy = max(min(a[2], b[2]) - max(a[0], b[0]), 0)
-    dx = max(min(a[3], b[3]) - max(a[1], b[1]), 0)
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
-    return dy * dx / (area - dy * dx)
-
-
-def test_a_box_takes_the_candidate_whose_extent_fills_it() -> None:
-    # 1024 x 1024 image: a cell is 4 x 4 pixels; the box covers cells 0..10
-    logits = _logits(40, 10, 9, 30)
-    box = np.array([[0.0, 0.0, 40.0, 40.0]])
-    same = {"resized": (1024, 1024), "original": (1024, 1024)}
-    scores = np.array([[0.5, 0.9, 0.8, 0.7]])
-    assert choose_for_box(logits, scores, box, **same).tolist() == [1]
-    # in a 512 x 512 image the same cells span 20 pixels
-    half = {"resized": (1024, 1024), "original": (512, 512)}
-    assert choose_for_box(logits, scores, box / 2, **half).tolist() == [1]
-    # equal agreement: the better score; an empty candidate never wins
-    tie = _logits(10, 10, 0, 0)
-    assert choose_for_box(tie, np.array([[0.5, 0.9, 1.0, 1.0]]), box, **same).tolist() == [1]
+    assert refined.predict(box=box).index == plain.predict(box=box).index == 0

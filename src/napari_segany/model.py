@@ -199,7 +199,7 @@ class SamModel:
         labels: np.ndarray | None = None,
         boxes: np.ndarray | None = None,
         mask_logits: torch.Tensor | np.ndarray | None = None,
-        multimask: bool | str = True,
+        multimask: bool = True,
     ) -> Decoded:
         """Decode prompts for one or several objects on one image.
 
@@ -216,8 +216,7 @@ class SamModel:
         mask_logits
             ``(256, 256)`` or ``(B, 256, 256)`` low-resolution logits from an earlier call.
         multimask
-            Three candidates per object (True), the single best guess (False), or
-            ``"all"``: the single guess then the three candidates, from one call.
+            Three candidates per object (True) or the single best guess (False).
         """
         original, resized = embedding.original_size, embedding.resized_size
         dev = self.device

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .prompts import mask_to_logits
-from .refine import choose_candidates, choose_for_box
+from .refine import choose_candidates
 from .upscale import upscale_mask
 
 if TYPE_CHECKING:
@@ -291,12 +291,10 @@ class Segmenter:
             n_points = 0 if p.points is None else len(p.points)
             key = (tile, n_points, p.box is not None, p.mask is not None)
             groups.setdefault(key, []).append(i)
-        for (tile, n_points, has_box, has_mask), members in groups.items():
-            many: bool | str | None = multimask
+        for (tile, n_points, has_box, _), members in groups.items():
+            many = multimask
             if many is None:
-                many = n_points == 1 and not has_box and not has_mask
-                if refine and has_box and not n_points and not has_mask:
-                    many = "all"  # the box's single mask and the three candidates
+                many = n_points == 1 and not has_box and checked[members[0]][0].mask is None
             for i, pred in zip(
                 members,
                 self._decode(z, tile, [checked[i][0] for i in members], many, refine),
@@ -306,7 +304,7 @@ class Segmenter:
         return [r for r in results if r is not None]
 
     def _decode(
-        self, z: int, tile: int, prompts: list[Prompt], multimask: bool | str, refine: bool
+        self, z: int, tile: int, prompts: list[Prompt], multimask: bool, refine: bool
     ) -> list[Prediction]:
         embedding = self.embedding(z, tile)
         y0, x0, _, _ = window = self.store.grid.windows[tile]
@@ -330,11 +328,13 @@ class Segmenter:
         )
         scores = decoded.iou.float().cpu().numpy()
         chosen = scores.argmax(axis=1)
-        sizes = {"resized": embedding.resized_size, "original": embedding.original_size}
-        if refine and multimask == "all":
-            chosen = choose_for_box(decoded.low_res_logits, scores, boxes, **sizes)
-        elif refine and multimask:
-            chosen = choose_candidates(decoded.low_res_logits, scores, **sizes)
+        if refine and multimask:
+            chosen = choose_candidates(
+                decoded.low_res_logits,
+                scores,
+                resized=embedding.resized_size,
+                original=embedding.original_size,
+            )
         return [
             Prediction(
                 z=z % len(self.store),

@@ -81,24 +81,6 @@ def test_mask_prompts_match(parts) -> None:
     _assert_close(*_both(parts, _features(2), False, points=_points(2, 1), masks=masks))
 
 
-def test_all_outputs_are_the_single_mask_then_the_candidates(parts) -> None:
-    features, points = _features(4), _points(2, 3)
-    masks = torch.randn(2, 1, 256, 256, generator=torch.Generator().manual_seed(6)) * 4
-    fast = FastDecoder(*parts)
-    for prompt in ({"points": points}, {"points": points, "masks": masks}):
-        plain_all, quick_all = _both(parts, features, "all", fast=fast, **prompt)
-        _assert_close(plain_all, quick_all)
-        assert quick_all[0].shape[1] == 4
-        single, _ = _both(parts, features, False, fast=fast, **prompt)
-        multi, _ = _both(parts, features, True, fast=fast, **prompt)
-        for out in range(2):
-            torch.testing.assert_close(
-                plain_all[out], torch.cat([single[out], multi[out]], dim=1), rtol=0, atol=0
-            )
-    with pytest.raises(ValueError, match="True, False or 'all'"):
-        _both(parts, features, "many", points=points)
-
-
 def test_the_kept_image_work_follows_the_embedding(parts) -> None:
     encoder, decoder = parts
     fast = FastDecoder(encoder, decoder)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from .fast_upscale import Upscaler
-from .mask_decoder import MaskDecoder, read_out
+from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import Attention, TwoWayAttentionBlock
 
@@ -139,10 +139,9 @@ KEPT_IMAGES = 9
 """Images whose prompt-independent work is kept: the windows of a 2048 x 2048 slice."""
 
 
-def _chosen(decoder: MaskDecoder) -> dict[bool | str, list[int]]:
-    """The mask tokens read out: the three candidates (multimask), the single mask, or all."""
-    n = decoder.num_mask_tokens
-    return {key: list(range(n))[read_out(key, n)] for key in (True, False, "all")}
+def _chosen(decoder: MaskDecoder) -> dict[bool, list[int]]:
+    """The mask tokens read out: the three candidates (multimask) or the single mask."""
+    return {True: list(range(1, decoder.num_mask_tokens)), False: [0]}
 
 
 class FastDecoder:
@@ -261,7 +260,7 @@ class FastDecoder:
         features: torch.Tensor,
         sparse: torch.Tensor,
         dense: torch.Tensor | None,
-        multimask: bool | str,
+        multimask: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution logits ``(B, K, 256, 256)`` and predicted IoU ``(B, K)``.
 
@@ -275,7 +274,7 @@ class FastDecoder:
             ``(B, C, H, W)`` mask-prompt embeddings, or None for no mask prompt (then the
             image's prompt-independent work is reused across calls).
         multimask
-            The three candidates (K=3), the single mask (K=1), or ``"all"`` (K=4).
+            The three candidates (K=3) or the single mask (K=1).
         """
         dec = self.decoder
         b = sparse.shape[0]

@@ -9,15 +9,6 @@ from .common import MLP, LayerNorm2d
 from .transformer import TwoWayTransformer
 
 
-def read_out(multimask: bool | str, num_mask_tokens: int) -> slice:
-    """The mask tokens read out: the candidates, the single mask, or ``"all"`` of them."""
-    if multimask == "all":
-        return slice(0, num_mask_tokens)
-    if not isinstance(multimask, bool):
-        raise ValueError(f"multimask must be True, False or 'all', got {multimask!r}")
-    return slice(1, num_mask_tokens) if multimask else slice(0, 1)
-
-
 class MaskDecoder(nn.Module):
     """Predict masks from an image embedding and prompt embeddings.
 
@@ -61,7 +52,7 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
-        multimask_output: bool | str,
+        multimask_output: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask logits ``(B, K, 256, 256)`` and predicted IoU ``(B, K)``.
 
@@ -76,13 +67,12 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings
             ``(B, C, 64, 64)`` mask embeddings.
         multimask_output
-            True: the three candidate masks (K=3); False: the single mask (K=1);
-            ``"all"``: the single mask then the three candidates (K=4).
+            True: the three candidate masks (K=3); False: the single mask (K=1).
         """
         masks, iou = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-        chosen = read_out(multimask_output, self.num_mask_tokens)
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou[:, chosen]
 
     def predict_masks(

@@ -68,7 +68,7 @@ class Sam(nn.Module):
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         boxes: torch.Tensor | None = None,
         mask_logits: torch.Tensor | None = None,
-        multimask_output: bool | str = True,
+        multimask_output: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution mask logits ``(B, K, 256, 256)`` and predicted IoU ``(B, K)``.
 
