@@ -9,9 +9,9 @@ volume), starting from a point and from a box, with
 ``--iterations`` corrective clicks: mean IoU at the first prompt and after the last click,
 mSA at both, NoC@85 and NoC@90 (the cap is iterations + 1).
 
-Then the click latency: single ``Segmenter.predict(z, points=[p], labels=[1])`` calls with
-the mask in hand, at the objects' deepest points, plain and refined interleaved
-(``_timing.py``); and the process's peak memory after each image (``ru_maxrss``).
+Then the latency: single ``Segmenter.predict`` calls with the mask in hand, a click at an
+object's deepest point or its tight box, plain and refined interleaved (``_timing.py``);
+and the process's peak memory after each image (``ru_maxrss``).
 
 Usage::
 
@@ -33,7 +33,7 @@ import numpy as np
 import napari_segany as sg
 from _timing import interleaved, machine, markdown_table, summarize, write_json
 from napari_segany.evaluate import fit_labels, read_labels
-from napari_segany.evaluate_prompts import deepest_point
+from napari_segany.evaluate_prompts import deepest_point, tight_box
 from napari_segany.segmenter import Segmenter
 
 VARIANTS = {"plain": False, "refined": True}
@@ -54,13 +54,18 @@ def find_pairs(folder: Path, only: list[str] | None) -> list[tuple[str, Path, Pa
     return pairs
 
 
-def click_points(truth: np.ndarray, limit: int = 32) -> tuple[int, list[tuple[int, int]]]:
-    """The slice with the most objects and up to ``limit`` of its objects' deepest points."""
+def click_prompts(truth: np.ndarray, limit: int = 32) -> tuple[int, list[dict]]:
+    """The slice with the most objects and, for up to ``limit`` of its objects, the
+    ``predict`` arguments of a click (deepest point) and of a box (tight box)."""
     counts = [np.unique(s).size - 1 for s in truth]
     z = int(np.argmax(counts))
     ids = np.unique(truth[z])
     ids = ids[ids != 0][:limit]
-    return z, [deepest_point(truth[z] == i) for i in ids]
+    prompts = []
+    for i in ids:
+        prompts.append({"points": [deepest_point(truth[z] == i)], "labels": [1]})
+        prompts.append({"box": tight_box(truth[z] == i)})
+    return z, prompts
 
 
 def peak_mb() -> float:
@@ -91,14 +96,18 @@ def run_image(
                 seg, None, truth, start=start, iterations=args.iterations, progress=args.progress
             )
             reports[f"{start}/{variant}"] = report.as_dict()
-        z, points = click_points(truth)
-        cycles = {v: itertools.cycle(points) for v in segmenters}
+        z, prompts = click_prompts(truth)
+        clicks = {}
+        for kind in ("points", "box"):
+            chosen = [p for p in prompts if kind in p]
+            cycles = {v: itertools.cycle(chosen) for v in segmenters}
 
-        def click(variant: str):
-            seg, where = segmenters[variant], cycles[variant]  # the same points in turn
-            return lambda: seg.predict(z, points=[next(where)], labels=[1]).mask
+            def click(variant: str, cycles=cycles):
+                seg, where = segmenters[variant], cycles[variant]  # the same prompts in turn
+                return lambda: seg.predict(z, **next(where)).mask
 
-        clicks = interleaved({v: click(v) for v in segmenters}, args.repeats, warmup=2)
+            timed = interleaved({v: click(v) for v in segmenters}, args.repeats, warmup=2)
+            clicks.update({f"{kind}/{v}": s for v, s in timed.items()})
     return {
         "name": name,
         "shape": list(truth.shape),
@@ -139,7 +148,8 @@ def tables(results: list[dict], iterations: int) -> str:
             r["name"],
             " x ".join(map(str, r["shape"])),
             f"{r['embed_seconds']:.1f}",
-            " / ".join(f"{r['click_ms'][v].p50:.1f}" for v in VARIANTS),
+            " / ".join(f"{r['click_ms'][f'points/{v}'].p50:.1f}" for v in VARIANTS),
+            " / ".join(f"{r['click_ms'][f'box/{v}'].p50:.1f}" for v in VARIANTS),
             f"{r['peak_mb']:.0f}",
         ]
         for r in results
@@ -148,8 +158,8 @@ def tables(results: list[dict], iterations: int) -> str:
         [
             "accuracy (plain / refined):",
             markdown_table(headers, rows),
-            "click latency, median ms with the mask (plain / refined), and peak memory:",
-            markdown_table(["image", "shape", "embed s", "click ms", "peak MB"], speed),
+            "latency, median ms with the mask (plain / refined), and peak memory:",
+            markdown_table(["image", "shape", "embed s", "click ms", "box ms", "peak MB"], speed),
         ]
     )
 

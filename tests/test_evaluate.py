@@ -15,7 +15,7 @@ import napari_segany as sg
 from napari_segany.cli import main
 from napari_segany.evaluate import InteractiveReport, evaluate_interactive, run_protocol
 from napari_segany.evaluate_prompts import corrective_click, deepest_point, tight_box
-from napari_segany.scores import segmentation_accuracy, split_components
+from napari_segany.scores import paired_accuracy, segmentation_accuracy, split_components
 from napari_segany.segmenter import Prompt
 
 ITERATIONS = 4
@@ -140,7 +140,7 @@ def test_masks_are_assembled_as_micro_sam_does_before_scoring() -> None:
     report = _report(run_protocol(decode, labels, iterations=0))
     assert report.ious[:, 0].tolist() == [1.0, pytest.approx(100 / 109)]
     # three predicted instances (object 2 split in two), two true, two matched
-    np.testing.assert_allclose(report.msa, [2 / 3])
+    np.testing.assert_allclose(report.msa_assembled, [2 / 3])
 
 
 def test_where_masks_overlap_the_smaller_keeps_the_pixels() -> None:
@@ -160,8 +160,23 @@ def test_where_masks_overlap_the_smaller_keeps_the_pixels() -> None:
     assembled[2:15, 2:12], assembled[15:25, 2:12] = 1, 2
     expected = segmentation_accuracy(assembled, labels[0])
     assert expected.mean() < 1.0
-    np.testing.assert_allclose(report.msa, [expected.mean()])
-    np.testing.assert_allclose(report.sa50, [expected[0]])
+    np.testing.assert_allclose(report.msa_assembled, [expected.mean()])
+    np.testing.assert_allclose(report.sa50_assembled, [expected[0]])
+
+
+def test_paired_accuracy_scores_each_mask_against_its_own_object() -> None:
+    ious = np.array([[1.0, 1.0], [0.72, 0.5], [0.2, 0.95]])
+    sa = paired_accuracy(ious)
+    assert sa.shape == (10, 2)
+    # first prompt: at 0.5..0.70 two of three objects hit, 2 / (2 + 2); then one, 1 / 5
+    np.testing.assert_allclose(sa[:5, 0], 0.5)
+    np.testing.assert_allclose(sa[5:, 0], 0.2)
+    # after the click: three hits at 0.5, then two at every threshold up to 0.95
+    assert sa[0, 1] == 1.0 and sa[1, 1] == 0.5 and sa[-1, 1] == 0.5
+    # a better mask never lowers it
+    better = ious.copy()
+    better[2, 0] = 0.6
+    assert (paired_accuracy(better) >= sa).all()
 
 
 def test_segmentation_accuracy_matches_one_to_one_above_each_threshold() -> None:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .scores import paired_accuracy
+
 if TYPE_CHECKING:
     from .evaluate_protocol import ProtocolScores
 
@@ -36,7 +38,12 @@ class InteractiveReport:
         ``(objects, 2)``: the slice and the label id of each row of ``ious``.
     msa, sa50
         ``(iterations + 1,)``: mean segmentation accuracy (IoU 0.5:0.95) and SA at IoU
-        0.5, averaged over the evaluated slices (each slice is an image, as in micro-sam).
+        0.5, each mask scored against the object it was prompted for
+        (:func:`napari_segany.scores.paired_accuracy`).
+    msa_assembled, sa50_assembled
+        The same after assembling each slice's masks into one instance image and matching
+        it to the truth, as micro-sam does, averaged over slices. Where masks overlap this
+        moves with the assembly rule, not only with the masks' quality.
     model
         The model's name.
     refine
@@ -55,6 +62,8 @@ class InteractiveReport:
     objects: np.ndarray
     msa: np.ndarray
     sa50: np.ndarray
+    msa_assembled: np.ndarray
+    sa50_assembled: np.ndarray
     model: str
     refine: bool
     seconds: float
@@ -73,13 +82,16 @@ class InteractiveReport:
         embed_seconds: float = 0.0,
     ) -> InteractiveReport:
         """The report of a :func:`napari_segany.evaluate.run_protocol` run."""
+        paired = paired_accuracy(scores.ious)  # (thresholds, iterations + 1)
         return cls(
             start=start,
             iterations=iterations,
             ious=scores.ious,
             objects=scores.objects,
-            msa=scores.sa.mean(axis=(0, 2)),
-            sa50=scores.sa[:, :, 0].mean(axis=0),
+            msa=paired.mean(axis=0),
+            sa50=paired[0],
+            msa_assembled=scores.sa.mean(axis=(0, 2)),
+            sa50_assembled=scores.sa[:, :, 0].mean(axis=0),
             model=model,
             refine=refine,
             seconds=scores.seconds,
@@ -133,6 +145,8 @@ class InteractiveReport:
                 "mean_iou": float(mean_iou[i]),
                 "msa": float(self.msa[i]),
                 "sa50": float(self.sa50[i]),
+                "msa_assembled": float(self.msa_assembled[i]),
+                "sa50_assembled": float(self.sa50_assembled[i]),
             }
             for i in range(self.iterations + 1)
         ]

@@ -60,6 +60,30 @@ def segmentation_accuracy(
     return accuracy
 
 
+def paired_accuracy(ious: np.ndarray) -> np.ndarray:
+    """Segmentation accuracy of masks each made for one known object, at every threshold.
+
+    Each mask is paired with the object it was prompted for, so no matching is needed:
+    at threshold t the k pairs with IoU >= t are true positives, and each other pair is
+    one false positive (its mask) and one false negative (its object), so SA(t) =
+    k / (k + 2 (n - k)). A better mask never lowers it.
+
+    Parameters
+    ----------
+    ious
+        ``(n, ...)`` IoU of each of n masks with its object.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(SA_THRESHOLDS), ...)``.
+    """
+    ious = np.asarray(ious, dtype=np.float64)
+    n = ious.shape[0]
+    hits = np.stack([(ious >= t - 1e-12).sum(axis=0) for t in SA_THRESHOLDS])
+    return hits / np.maximum(2 * n - hits, 1)
+
+
 def split_components(labels: np.ndarray) -> np.ndarray:
     """Each 4-connected (6- in 3D) piece of each instance as an instance of its own.
 
