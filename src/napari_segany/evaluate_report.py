@@ -223,7 +223,8 @@ class InteractiveReport:
         axes.set_xticks(clicks)
         axes.grid(alpha=0.3)
         axes.legend(loc="lower right")
-        axes.set_title(f"{self.model}, start={self.start}, {self.n_objects} objects")
+        path_name = "refined click" if self.refine else "SAM's plain choice"
+        axes.set_title(f"{self.model} ({path_name}), start={self.start}, {self.n_objects} objects")
         figure.tight_layout()
         target = Path(path)
         figure.savefig(target, format="png")
