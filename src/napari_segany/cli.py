@@ -317,12 +317,16 @@ def default_store_path(source: str | os.PathLike[str]) -> Path:
     ``stack.embeddings.zarr`` and ``cells.embeddings.zarr`` in the same folder.
     """
     path = Path(os.path.abspath(source))
-    name = path.name
+    return path.with_name(f"{source_stem(path)}.embeddings.zarr")
+
+
+def source_stem(source: str | os.PathLike[str]) -> str:
+    """A source's name without its image suffix: ``stack.ome.tif`` gives ``stack``."""
+    name = Path(os.path.abspath(source)).name
     for suffix in _SOURCE_SUFFIXES:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
-    return path.with_name(f"{name}.embeddings.zarr")
+            return name[: -len(suffix)]
+    return name
 
 
 def _error(message: object) -> int:

@@ -14,8 +14,6 @@ from . import weights
 
 __all__ = ["add_evaluate", "default_out", "evaluate"]
 
-_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
-
 
 def add_evaluate(commands: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand to the ``napari-segany`` parser."""
@@ -74,12 +72,9 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 def default_out(image: str | os.PathLike[str]) -> Path:
     """``<image name>.evaluation`` in the current folder (``cells.tif`` -> ``cells.evaluation``)."""
-    name = Path(os.path.abspath(image)).name
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
-    return Path(f"{name}.evaluation")
+    from .cli import source_stem
+
+    return Path(f"{source_stem(image)}.evaluation")
 
 
 def evaluate(args: argparse.Namespace) -> int:
