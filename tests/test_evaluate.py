@@ -345,3 +345,80 @@ def test_the_cli_reports_bad_labels_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("napari-segany: error: labels hold no object")
     assert "\n" not in err
+
+
+# --- the 3D protocol ----------------------------------------------------------------------
+
+
+def test_z_extent_error_and_3d_scores_on_known_volumes() -> None:
+    from napari_segany.evaluate_volume import PropagationReport, _z_error, objects_in_3d
+
+    truth = np.zeros((10, 8, 8), dtype=bool)
+    truth[2:7, 2:6, 2:6] = True
+    found = np.zeros_like(truth)
+    found[3:9, 2:6, 2:6] = True  # starts one slice late, ends two slices late
+    assert _z_error(truth, found) == 3
+    assert _z_error(truth, truth) == 0
+    assert _z_error(truth, np.zeros_like(truth)) == 5  # nothing found: the whole extent
+    labels = np.zeros((4, 5, 5), dtype=np.uint16)
+    labels[1:3, 0:2, 0:2], labels[0, 3:5, 3:5] = 7, 2
+    assert [(i, (b[0].start, b[0].stop)) for i, b in objects_in_3d(labels)] == [
+        (2, (0, 1)),
+        (7, (1, 3)),
+    ]
+    report = PropagationReport(
+        start="box",
+        labels=np.array([1, 2, 3, 4]),
+        ious=np.array([1.0, 0.8, 0.55, 0.1]),
+        z_errors=np.array([0, 1, 2, 9]),
+        seconds=2.0,
+        model="m",
+        refine=True,
+    )
+    assert report.mean_iou == pytest.approx(0.6125) and report.median_z_error == 1.5
+    assert report.sa50 == pytest.approx(3 / 5)  # three hits, one miss counted twice
+    assert "median 1.5 slices" in report.table()
+    assert report.as_dict()["seconds_per_object"] == 0.5
+
+
+def test_3d_protocol_refuses_what_it_cannot_score() -> None:
+    with pytest.raises(ValueError, match=r"needs \(Z, Y, X\) labels"):
+        sg.evaluate_in_3d("mobile_sam", np.zeros((8, 8)), np.ones((8, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match="start must be"):
+        sg.evaluate_in_3d("mobile_sam", None, np.ones((2, 8, 8), dtype=np.uint8), start="x")
+    with pytest.raises(ValueError, match="do not match"):
+        sg.evaluate_in_3d(
+            "mobile_sam", np.zeros((3, 8, 8)), np.ones((2, 8, 8), dtype=np.uint8), progress=False
+        )
+
+
+@pytest.mark.slow
+def test_3d_protocol_carries_generated_blobs_and_finds_their_ends(tmp_path: Path) -> None:
+    """Two blobs that end at known slices; a box on each one's largest slice, propagated."""
+    zz, yy, xx = np.ogrid[:12, :96, :128]
+    first = ((zz - 4) / 3.2) ** 2 + ((yy - 40) / 20) ** 2 + ((xx - 40) / 20) ** 2 <= 1
+    second = ((zz - 7) / 3.2) ** 2 + ((yy - 55) / 18) ** 2 + ((xx - 95) / 18) ** 2 <= 1
+    truth = first.astype(np.uint16) + 2 * second.astype(np.uint16)
+    image = np.where(truth > 0, 190.0, 30.0) + np.random.default_rng(1).normal(0, 6, truth.shape)
+    report = sg.evaluate_in_3d("mobile_sam", image, truth, start="box", progress=False)
+    assert report.n_objects == 2
+    assert (report.ious > 0.6).all(), report.ious
+    assert (report.z_errors <= 2).all(), report.z_errors
+    tifffile.imwrite(tmp_path / "truth.tif", truth, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "image.tif", image.astype(np.float32), photometric="minisblack")
+    status = main(
+        [
+            "evaluate",
+            str(tmp_path / "image.tif"),
+            str(tmp_path / "truth.tif"),
+            "--in-3d",
+            "--start",
+            "point",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    saved = json.loads((tmp_path / "out" / "evaluation-3d.json").read_text())
+    assert saved["objects"] == 2 and saved["start"] == "point"

@@ -42,6 +42,8 @@ _EXPORTS = {
     "read_prompts": "prompt_batch",
     "segment_with_prompts": "prompt_batch",
     "evaluate_interactive": "evaluate",
+    "evaluate_in_3d": "evaluate",
+    "PropagationReport": "evaluate",
     "InteractiveReport": "evaluate",
 }
 
@@ -56,6 +58,7 @@ __all__ = [
     "NotEmbeddedError",
     "Prediction",
     "Prompt",
+    "PropagationReport",
     "SamModel",
     "Segmenter",
     "SliceLinker",
@@ -67,6 +70,7 @@ __all__ = [
     "__version__",
     "choose_device",
     "embed",
+    "evaluate_in_3d",
     "evaluate_interactive",
     "fetch",
     "link_slices",
@@ -91,7 +95,12 @@ if TYPE_CHECKING:
     from .batch import BatchResult, segment_files
     from .device import choose_device
     from .embeddings import EmbeddingStore, NotEmbeddedError, StoreMismatchError, embed
-    from .evaluate import InteractiveReport, evaluate_interactive
+    from .evaluate import (
+        InteractiveReport,
+        PropagationReport,
+        evaluate_in_3d,
+        evaluate_interactive,
+    )
     from .labels import LabelsStore, StoreLockedError
     from .model import CheckpointError, ImageEmbedding, SamModel, load_model
     from .prompt_batch import read_prompts, segment_with_prompts

@@ -20,6 +20,7 @@ import numpy as np
 
 from .evaluate_protocol import CHUNK, Decoder, ProtocolScores, Result, run_protocol
 from .evaluate_report import InteractiveReport
+from .evaluate_volume import PropagationReport, evaluate_propagation
 from .segmenter import Prompt, Segmenter
 
 if TYPE_CHECKING:
@@ -30,9 +31,11 @@ __all__ = [
     "STARTS",
     "Decoder",
     "InteractiveReport",
+    "PropagationReport",
     "ProtocolScores",
     "Result",
     "SegmenterDecoder",
+    "evaluate_in_3d",
     "evaluate_interactive",
     "run_protocol",
 ]
@@ -88,41 +91,9 @@ def evaluate_interactive(
     """
     check_settings(start, iterations)
     truth = read_labels(labels)
-    from .volume import Volume, open_volume
-
-    embed_seconds = 0.0
-    opened = None
-    if isinstance(model_or_segmenter, Segmenter):
-        segmenter = model_or_segmenter
-        if refine is not None and refine != getattr(segmenter, "refine", False):
-            segmenter = Segmenter(segmenter.model, segmenter.store, refine=refine)
-        truth = fit_labels(truth, (len(segmenter.store), *segmenter.slice_shape))
-    else:
-        from .embeddings import embed
-        from .model import SamModel, load_model
-
-        if image_or_volume is None:
-            raise ValueError("give the image (or volume) to embed, or a Segmenter")
-        if isinstance(image_or_volume, Volume):
-            volume = image_or_volume
-        else:
-            volume = opened = open_volume(image_or_volume)
-        try:
-            # The labels are checked before a model is loaded (perhaps downloaded).
-            truth = fit_labels(truth, (len(volume), *volume.slice_shape))
-            model = model_or_segmenter
-            if not isinstance(model, SamModel):
-                model = load_model(model, device=device, progress=progress)
-            t0 = time.perf_counter()
-            with_objects = [z for z in range(len(truth)) if truth[z].any()]
-            store = embed(volume, model, None, slices=with_objects, progress=progress)
-            embed_seconds = time.perf_counter() - t0
-        except BaseException:
-            if opened is not None:
-                opened.close()
-            raise
-        options = {} if refine is None else {"refine": refine}
-        segmenter = Segmenter(model, store, **options)
+    segmenter, truth, embed_seconds, opened = _segmenter_for(
+        model_or_segmenter, image_or_volume, truth, refine, device, progress, all_slices=False
+    )
     try:
         scores = run_protocol(
             SegmenterDecoder(segmenter),
@@ -143,6 +114,93 @@ def evaluate_interactive(
         refine=bool(getattr(segmenter, "refine", False)),
         embed_seconds=embed_seconds,
     )
+
+
+def evaluate_in_3d(
+    model_or_segmenter: Segmenter | SamModel | str | os.PathLike[str],
+    volume: Any,
+    labels: np.ndarray | str | os.PathLike[str],
+    *,
+    start: str = "box",
+    refine: bool | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    callback: Callable[[int, int], None] | None = None,
+) -> PropagationReport:
+    """Score objects carried through z: one prompt on each object's largest slice, then
+    :meth:`Segmenter.propagate` (see :mod:`napari_segany.evaluate_volume`).
+
+    Parameters are those of :func:`evaluate_interactive`; ``labels`` are ``(Z, Y, X)``.
+    Every slice is embedded (propagation visits them), unless a Segmenter is given.
+
+    Returns
+    -------
+    PropagationReport
+        Per object the 3D IoU and the z-extent error; mean IoU, mSA, SA50, median error.
+    """
+    if start not in STARTS:
+        raise ValueError(f"start must be 'point' or 'box', got {start!r}")
+    truth = read_labels(labels)
+    if truth.ndim != 3:
+        raise ValueError(f"the 3D protocol needs (Z, Y, X) labels, got shape {truth.shape}")
+    segmenter, truth, _, opened = _segmenter_for(
+        model_or_segmenter, volume, truth, refine, device, progress, all_slices=True
+    )
+    try:
+        return evaluate_propagation(
+            segmenter, truth, start=start, progress=progress, callback=callback
+        )
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _segmenter_for(
+    model_or_segmenter: Segmenter | SamModel | str | os.PathLike[str],
+    image_or_volume: Any,
+    truth: np.ndarray,
+    refine: bool | None,
+    device: str,
+    progress: bool,
+    *,
+    all_slices: bool,
+) -> tuple[Segmenter, np.ndarray, float, Any]:
+    """The Segmenter to evaluate, the labels fitted to its volume, the seconds spent
+    embedding, and the volume this opened (to close), or None."""
+    from .volume import Volume, open_volume
+
+    if isinstance(model_or_segmenter, Segmenter):
+        segmenter = model_or_segmenter
+        if refine is not None and refine != getattr(segmenter, "refine", False):
+            segmenter = Segmenter(segmenter.model, segmenter.store, refine=refine)
+        truth = fit_labels(truth, (len(segmenter.store), *segmenter.slice_shape))
+        return segmenter, truth, 0.0, None
+    from .embeddings import embed
+    from .model import SamModel, load_model
+
+    if image_or_volume is None:
+        raise ValueError("give the image (or volume) to embed, or a Segmenter")
+    opened = None
+    if isinstance(image_or_volume, Volume):
+        volume = image_or_volume
+    else:
+        volume = opened = open_volume(image_or_volume)
+    try:
+        # The labels are checked before a model is loaded (perhaps downloaded).
+        truth = fit_labels(truth, (len(volume), *volume.slice_shape))
+        model = model_or_segmenter
+        if not isinstance(model, SamModel):
+            model = load_model(model, device=device, progress=progress)
+        t0 = time.perf_counter()
+        wanted = None if all_slices else [z for z in range(len(truth)) if truth[z].any()]
+        store = embed(volume, model, None, slices=wanted, progress=progress)
+        embed_seconds = time.perf_counter() - t0
+    except BaseException:
+        if opened is not None:
+            opened.close()
+        raise
+    options = {} if refine is None else {"refine": refine}
+    return Segmenter(model, store, **options), truth, embed_seconds, opened
 
 
 def check_settings(start: str, iterations: int) -> None:
