@@ -111,7 +111,7 @@ def evaluate_interactive(
         start=start,
         iterations=iterations,
         model=segmenter.model.name,
-        refine=bool(getattr(segmenter, "refine", False)),
+        refine=segmenter.refine,
         embed_seconds=embed_seconds,
     )
 
@@ -171,7 +171,7 @@ def _segmenter_for(
 
     if isinstance(model_or_segmenter, Segmenter):
         segmenter = model_or_segmenter
-        if refine is not None and refine != getattr(segmenter, "refine", False):
+        if refine is not None and refine != segmenter.refine:
             segmenter = Segmenter(segmenter.model, segmenter.store, refine=refine)
         truth = fit_labels(truth, (len(segmenter.store), *segmenter.slice_shape))
         return segmenter, truth, 0.0, None

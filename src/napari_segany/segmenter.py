@@ -132,9 +132,9 @@ class Segmenter:
         From :func:`napari_segany.embed`; missing slices are computed on demand when
         the store knows its volume.
     refine
-        A lone click returns the smallest of SAM's candidates that is more than a speck
-        (see :mod:`napari_segany.refine`), better than SAM's IoU head on microscopy;
-        False keeps SAM's plain choice.
+        Of the three candidates of a multimask decode (a lone click, by default), take
+        the smallest that is more than a speck (see :mod:`napari_segany.refine`), better
+        than SAM's IoU head on microscopy; False keeps SAM's plain choice.
     """
 
     def __init__(self, model: SamModel, store: EmbeddingStore, *, refine: bool = True) -> None:
