@@ -45,6 +45,8 @@ _EXPORTS = {
     "evaluate_in_3d": "evaluate",
     "PropagationReport": "evaluate",
     "InteractiveReport": "evaluate",
+    "StopRule": "propagate",
+    "PropagationCancelled": "propagate",
 }
 
 __all__ = [
@@ -58,10 +60,12 @@ __all__ = [
     "NotEmbeddedError",
     "Prediction",
     "Prompt",
+    "PropagationCancelled",
     "PropagationReport",
     "SamModel",
     "Segmenter",
     "SliceLinker",
+    "StopRule",
     "StoreLockedError",
     "StoreMismatchError",
     "UnknownModelError",
@@ -104,6 +108,7 @@ if TYPE_CHECKING:
     from .labels import LabelsStore, StoreLockedError
     from .model import CheckpointError, ImageEmbedding, SamModel, load_model
     from .prompt_batch import read_prompts, segment_with_prompts
+    from .propagate import PropagationCancelled, StopRule
     from .segmenter import Prediction, Prompt, Segmenter
     from .volume import Volume, open_volume
     from .weights import UnknownModelError, WeightsError, fetch, list_models

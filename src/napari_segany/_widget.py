@@ -10,6 +10,7 @@ propagation. The GUI thread only reads prompt layers and shows results. See
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from . import _widget_layers as layers
 from .automatic import AutomaticParams
 from .device import keep_large_allocations
 from .embeddings import NotEmbeddedError
-from .propagate import StopRule
+from .propagate import PropagationCancelled, StopRule
 from .session import EmbeddingQueue, Preview, Session, volume_from_layer
 
 #: Keys bound on the viewer while the widget is open: (key, method name, what it does).
@@ -127,12 +128,17 @@ class SegmentAnythingWidget(QWidget):
         self._closed = False
         self._decode_generation = 0
         self._automatic_worker: FunctionWorker | None = None
-        self._automatic_cancel = threading.Event()
-        self._automatic_progress = [0, 1]
-        self._automatic_timer = QTimer(self)
-        self._automatic_timer.setInterval(200)
-        self._automatic_timer.timeout.connect(self._automatic_tick)
         self._propagating_z = 0
+        self._propagate_generation = 0
+        # The long tasks, automatic segmentation and propagation (one at a time, see
+        # _busy): Cancel sets the event, and the timer shows the progress their worker
+        # writes into the list (see _task_worker).
+        self._task_cancel = threading.Event()
+        self._task_progress = [0, 0]
+        self._task_message: Callable[[int, int], str] = "{} of {}".format
+        self._task_timer = QTimer(self)
+        self._task_timer.setInterval(200)
+        self._task_timer.timeout.connect(self._task_tick)
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(5)
@@ -376,10 +382,11 @@ class SegmentAnythingWidget(QWidget):
         Parameters
         ----------
         wait
-            Block until the workers have finished (a propagation runs to its end).
+            Block until the workers have finished. Automatic segmentation and propagation
+            are cancelled first (a cancelled propagation commits nothing).
         """
         self._generation += 1
-        self._automatic_cancel.set()
+        self._task_cancel.set()
         for worker in (self._embed_worker, self._propagate_worker):
             if worker is not None:
                 worker.quit()
@@ -419,7 +426,7 @@ class SegmentAnythingWidget(QWidget):
         worker.errored.connect(self._embed_failed)
         worker.finished.connect(self._embedding_finished)
         self._embed_worker = worker
-        self.cancel_button.setEnabled(True)
+        self._update_cancel()
         next_z = self._queue.next(self.session.store.done())
         self.status.setText(f"{self._next_step()} Embedding slice {next_z}…")
         worker.start()
@@ -448,8 +455,10 @@ class SegmentAnythingWidget(QWidget):
 
     def _embedding_finished(self) -> None:
         self._embed_worker = None
-        self.cancel_button.setEnabled(False)
-        if not self._closed and self.session is not None and self._queue is not None:
+        if self._closed:
+            return
+        self._update_cancel()
+        if self.session is not None and self._queue is not None:
             self._embed()  # the user may have moved on meanwhile
 
     def embed_all(self) -> None:
@@ -468,13 +477,24 @@ class SegmentAnythingWidget(QWidget):
         self.progress.setValue(done)
 
     def cancel_embedding(self) -> None:
-        """Stop embedding (and automatic segmentation) soon; finished slices are kept."""
-        self._automatic_cancel.set()
+        """Stop embedding, automatic segmentation and propagation soon (the Cancel button).
+
+        Finished embeddings and automatically segmented slices are kept; a cancelled
+        propagation adds nothing.
+        """
+        self._task_cancel.set()
         if self._queue is not None:
             self._queue.want_all(False)
         if self._embed_worker is not None:
             self._embed_worker.quit()
             self.status.setText("Embedding cancelled; finished slices are kept.")
+        if self._automatic_worker is not None or self._propagate_worker is not None:
+            self.status.setText("Cancelling…")
+
+    def _update_cancel(self) -> None:
+        """Cancel is enabled while something it stops runs."""
+        workers = (self._embed_worker, self._automatic_worker, self._propagate_worker)
+        self.cancel_button.setEnabled(any(w is not None for w in workers))
 
     def _slice_changed(self, *_: Any) -> None:
         if self.session is None or self._queue is None:
@@ -606,37 +626,21 @@ class SegmentAnythingWidget(QWidget):
         if self.session is None or self._busy():
             return
         params = AutomaticParams(points_per_side=self.points_per_side.value())
-        self._automatic_progress = [0, 1 if z is not None else len(self.session.volume)]
-        self._automatic_cancel.clear()
-        progress = self._automatic_progress
-
-        def report(done: int, total: int) -> None:  # called in the worker
-            progress[:] = [done, total]
-
-        worker = create_worker(
+        worker = self._task_worker(
             self.session.segment_automatically,
             z,
             params=params,
-            callback=report,
-            cancel=self._automatic_cancel.is_set,
-            _start_thread=False,
+            total=1 if z is not None else len(self.session.volume),
+            message="Segmenting automatically: {} of {} slice(s) done.".format,
+            returned=self._segmented,
+            errored=self._automatic_failed,
+            finished=self._automatic_finished,
         )
-        worker.returned.connect(self._segmented)
-        worker.errored.connect(self._automatic_failed)
-        worker.finished.connect(self._automatic_finished)
         self._automatic_worker = worker
-        self.cancel_button.setEnabled(True)
-        self._automatic_timer.start()
-        self.status.setText("Segmenting automatically…")
-        worker.start()
-
-    def _automatic_tick(self) -> None:
-        done, total = self._automatic_progress
-        self.progress.setMaximum(total)
-        self.progress.setValue(done)
-        self.status.setText(f"Segmenting automatically: {done} of {total} slice(s) done.")
+        self._start_task(worker, "Segmenting automatically…")
 
     def _segmented(self, ids: list[int]) -> None:
+        self._end_task()
         if self._closed:
             return
         if self.labels_layer is not None:
@@ -644,13 +648,82 @@ class SegmentAnythingWidget(QWidget):
         self.status.setText(f"Automatic segmentation added {len(ids)} object(s).")
 
     def _automatic_failed(self, err: Exception) -> None:
+        self._end_task()
         self._report("automatic segmentation failed", err)
 
     def _automatic_finished(self) -> None:
         self._automatic_worker = None
-        self._automatic_timer.stop()
+        self._end_task(show=False)
         if not self._closed and self.labels_layer is not None:
             self.labels_layer.refresh()
+
+    # -- long tasks: progress polled from the GUI thread, Cancel ------------------------------
+
+    def _task_worker(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        total: int,
+        message: Callable[[int, int], str],
+        returned: Callable[[Any], None],
+        errored: Callable[[Exception], None],
+        finished: Callable[[], None],
+        **kwargs: Any,
+    ) -> FunctionWorker:
+        """A worker (not started) running ``function(*args, **kwargs, callback, cancel)``.
+
+        The callback only writes ``(done, total)`` into a list in the worker thread; the
+        timer shows it, with ``message(done, total)`` as the status (``total`` 0: not
+        known yet, the bar is busy). ``cancel`` polls the Cancel button's event. The
+        handlers are connected here: with ``errored`` given, an error (a cancellation
+        too) goes to it only, not raised again in the GUI thread.
+        """
+        self._task_cancel.clear()
+        progress = self._task_progress = [0, total]
+        self._task_message = message
+
+        def report(done: int, at_most: int) -> None:  # called in the worker
+            progress[:] = [done, at_most]
+
+        return create_worker(
+            function,
+            *args,
+            callback=report,
+            cancel=self._task_cancel.is_set,
+            _connect={"returned": returned, "errored": errored, "finished": finished},
+            _start_thread=False,
+            **kwargs,
+        )
+
+    def _start_task(self, worker: FunctionWorker, status: str) -> None:
+        """Start a worker from :meth:`_task_worker` (kept in its attribute already)."""
+        self._update_cancel()
+        self._task_tick()
+        self.status.setText(status)
+        self._task_timer.start()
+        worker.start()
+
+    def _task_tick(self) -> None:
+        done, total = self._task_progress
+        self.progress.setMaximum(total)
+        self.progress.setValue(done)
+        if total and not self._task_cancel.is_set():  # else: "Cancelling…" stays
+            self.status.setText(self._task_message(done, total))
+
+    def _end_task(self, *, show: bool = True, complete: bool = False) -> None:
+        """Stop the progress timer (before a task's result is shown: no tick overwrites it).
+
+        ``show``: the bar shows the last progress reported, or all done (``complete``).
+        """
+        if self._closed:
+            return  # the widget may be gone; close_session stopped the timer
+        self._task_timer.stop()
+        self._update_cancel()
+        if show:
+            done, total = self._task_progress
+            total = max(total, 1)  # never left busy
+            self.progress.setMaximum(total)
+            self.progress.setValue(total if complete else min(done, total))
 
     def commit(self) -> list[int]:
         """Add the preview's objects to the labels (and the store on disk); their ids."""
@@ -741,28 +814,43 @@ class SegmentAnythingWidget(QWidget):
                 show_info("Segment Anything: place prompts first, then propagate")
             return
         preview, session = self.preview, self.session
-        worker = create_worker(
-            session.propagate, preview, stop=self.stop_rule(), _start_thread=False
+        worker = self._task_worker(
+            session.propagate,
+            preview,
+            stop=self.stop_rule(),
+            total=0,  # the steps are known once the first one is done
+            message="Propagating through z: slice step {} of {}…".format,
+            returned=self._propagated,
+            errored=self._propagate_failed,
+            finished=self._propagation_finished,
         )
         self._propagating_z = preview.z
-        worker.returned.connect(self._propagated)
-        worker.errored.connect(self._propagate_failed)
-        worker.finished.connect(self._propagation_finished)
+        self._propagate_generation = self._generation
         self._propagate_worker = worker
         self.propagate_button.setEnabled(False)
-        self.status.setText("Propagating through z…")
-        worker.start()
+        self._start_task(worker, "Propagating through z…")
 
     def _propagated(self, ids: list[int]) -> None:
+        self._end_task(complete=True)
         if not self._closed:
             self._after_commit(self._propagating_z, ids)
 
     def _propagate_failed(self, err: Exception) -> None:
-        self._report("propagation failed", err)
+        self._end_task()
+        if not isinstance(err, PropagationCancelled):
+            self._report("propagation failed", err)
+        elif not self._closed and self._propagate_generation == self._generation:
+            # Not when the session was closed meanwhile: its own message stays.
+            self.status.setText(
+                "Propagation through z cancelled; nothing was added. The preview is kept: "
+                "propagate again when ready."
+            )
 
     def _propagation_finished(self) -> None:
         self._propagate_worker = None
-        self.propagate_button.setEnabled(self.session is not None)
+        self._end_task(show=False)
+        if not self._closed:
+            self.propagate_button.setEnabled(self.session is not None)
 
     def save_labels(self, path: str | Path) -> Path:
         """Write the committed labels to a new OME-Zarr at ``path``."""
@@ -813,6 +901,7 @@ class SegmentAnythingWidget(QWidget):
         """Stop everything and wait for the workers (before the viewer closes)."""
         self._closed = True
         self._debounce.stop()
+        self._task_timer.stop()
         self.stop(wait=True)
         for key, _, _ in SHORTCUTS:
             self.viewer.keymap.pop(key, None)

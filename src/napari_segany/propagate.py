@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 PROJECTIONS = ("box", "points", "box+points", "mask")
 
 
+class PropagationCancelled(Exception):
+    """A propagation was asked to stop (its ``cancel`` poll returned True)."""
+
+
 @dataclass(frozen=True)
 class StopRule:
     """When a propagated object is taken to have ended.
@@ -156,6 +160,7 @@ def propagate_objects(
     projection: str = "mask",
     stop: StopRule | None = None,
     callback: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> list[np.ndarray]:
     """Carry several objects through the volume at once.
 
@@ -177,12 +182,21 @@ def propagate_objects(
     stop
         When an object ends (default :class:`StopRule`).
     callback
-        Called as ``callback(steps_done, steps_at_most)`` after each step.
+        Called as ``callback(steps_done, steps_at_most)`` after each step (one slice
+        further out for every object still running).
+    cancel
+        Polled before each step; when it returns True the run stops with
+        :class:`PropagationCancelled` and nothing is returned.
 
     Returns
     -------
     list of numpy.ndarray
         Boolean ``(Z, Y, X)`` per object.
+
+    Raises
+    ------
+    PropagationCancelled
+        ``cancel`` returned True.
     """
     n = len(segmenter.store)
     lo, hi = z_range if z_range is not None else (0, n - 1)
@@ -216,6 +230,8 @@ def propagate_objects(
             run.contrast = contrast(volume.model_slice(run.z), run.mask)
     total = max((abs(r.limit - r.z) for r in runs), default=0)
     for step in range(1, total + 1):
+        if cancel is not None and cancel():
+            raise PropagationCancelled("propagation was cancelled")
         by_slice: dict[int, list[_Run]] = {}
         for run in runs:
             if run.step * (run.limit - run.z) > 0:

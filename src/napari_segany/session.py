@@ -12,7 +12,7 @@ lock, so a commit from the GUI and a propagation in a worker never interleave.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,11 +325,16 @@ class Session:
         stop: StopRule | None = None,
         projection: str = "mask",
         overlap: str = "keep",
+        callback: Callable[[int, int], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> list[int]:
         """Carry the preview's objects through z and commit each as one 3D object.
 
         Slices that are not embedded yet are computed on the way (this runs the encoder:
-        call it from a worker). Returns the new ids.
+        call it from a worker). ``callback(steps_done, steps_at_most)`` is called after
+        each slice step and ``cancel()`` polled before it; a cancelled run raises
+        :class:`~napari_segany.propagate.PropagationCancelled` and commits nothing.
+        Returns the new ids.
         """
         from dataclasses import asdict
 
@@ -341,6 +346,8 @@ class Session:
             [{preview.z: pred.mask} for pred in preview.predictions],
             projection=projection,
             stop=stop,
+            callback=callback,
+            cancel=cancel,
         )
         options = {"projection": projection, "stop": asdict(stop)}
         ids = []

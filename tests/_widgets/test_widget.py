@@ -6,9 +6,12 @@ assertion is on layer data. The workers are real threads: tests wait for their r
 
 from __future__ import annotations
 
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +20,9 @@ from napari.qt.threading import FunctionWorker
 from scipy import ndimage
 
 from napari_segany import LabelsStore
+from napari_segany import _widget as widget_module
 from napari_segany._widget import SHORTCUTS, SegmentAnythingWidget, slice_ranges
+from napari_segany.propagate import PropagationCancelled
 from napari_segany.sample_data import coins, nuclei_volume
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
@@ -109,7 +114,10 @@ def test_click_commit_undo_redo_propagate_save_and_reopen(
         widget.points.add([z, *_centre(other[z])])
         qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
         widget.propagate()
+        assert widget.cancel_button.isEnabled() and not widget.propagate_button.isEnabled()
         qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=3 * WAIT)
+        assert widget.propagate_button.isEnabled()
+        assert widget.progress.value() == widget.progress.maximum() > 0  # all slice steps
         carried = np.asarray(labels.data[:]) == label_id + 1
         assert carried.any(axis=(1, 2)).sum() > 3  # several slices
         assert _iou(carried, other) > 0.6
@@ -125,6 +133,142 @@ def test_click_commit_undo_redo_propagate_save_and_reopen(
     np.testing.assert_array_equal(
         np.asarray(reopened[0].data[0] if reopened[0].multiscale else reopened[0].data), committed
     )
+
+
+class _HeldPropagation:
+    """``Session.propagate`` of one session, held in the worker thread where a test says.
+
+    With ``until_cancelled`` a call waits until its ``cancel`` poll says yes, then runs
+    the real propagation, which stops before its first step: whenever the cancel comes, it
+    is seen. Otherwise a call runs to its end, records its progress callbacks, and returns
+    only once ``release`` is set (the widget's timer shows the last progress meanwhile).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, session: Any) -> None:
+        self.real = session.propagate
+        self.until_cancelled = False
+        self.cancelled = False
+        self.steps: list[tuple[int, int]] = []
+        self.returned = threading.Event()
+        self.release = threading.Event()
+        monkeypatch.setattr(session, "propagate", self)
+
+    def __call__(self, *args: Any, callback: Any, cancel: Any, **kwargs: Any) -> list[int]:
+        if self.until_cancelled:
+            deadline = time.monotonic() + WAIT / 1000
+            while not cancel():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the propagation was never cancelled")
+                time.sleep(0.01)
+            try:
+                return self.real(*args, callback=callback, cancel=cancel, **kwargs)
+            except PropagationCancelled:
+                self.cancelled = True
+                raise
+
+        def record(done: int, at_most: int) -> None:
+            self.steps.append((done, at_most))
+            callback(done, at_most)
+
+        ids = self.real(*args, callback=record, cancel=cancel, **kwargs)
+        self.returned.set()
+        if not self.release.wait(WAIT / 1000):
+            raise TimeoutError("the test never released the propagation")
+        return ids
+
+
+@pytest.fixture
+def shown_errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The error notifications the widget shows."""
+    errors: list[str] = []
+    monkeypatch.setattr(widget_module, "show_error", errors.append)
+    return errors
+
+
+def _preview_of_a_nucleus(qtbot, widget: SegmentAnythingWidget, truth: np.ndarray) -> int:
+    """Start, click the largest nucleus on the slice on screen; its slice, once previewed."""
+    _start(qtbot, widget, "nuclei")
+    z = widget._current_z()
+    widget.points.add([z, *_centre(_nucleus(truth, z)[z])])
+    qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
+    return z
+
+
+def test_propagation_can_be_cancelled_and_shows_its_progress(
+    qtbot, viewer_with_nuclei: Viewer, nuclei, monkeypatch: pytest.MonkeyPatch, shown_errors
+) -> None:
+    _, truth = nuclei
+    widget = _open_widget(viewer_with_nuclei)
+    held = None
+    try:
+        z = _preview_of_a_nucleus(qtbot, widget, truth)
+        qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=3 * WAIT)
+        held = _HeldPropagation(monkeypatch, widget.session)
+        labels = widget.labels_layer
+        before = np.asarray(labels.data[:]).copy()
+
+        # Cancel: the propagation stops, commits nothing, and is no error.
+        held.until_cancelled = True
+        widget.propagate()
+        assert widget.status.text() == "Propagating through z…"
+        assert widget.cancel_button.isEnabled() and not widget.propagate_button.isEnabled()
+        widget.cancel_button.click()
+        qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=3 * WAIT)
+        assert held.cancelled
+        assert widget.session.labels.log() == []
+        np.testing.assert_array_equal(np.asarray(labels.data[:]), before)
+        status = widget.status.text()
+        assert "cancelled" in status and "nothing was added" in status
+        assert shown_errors == []
+        # The preview is kept for another try.
+        assert widget.preview is not None and widget.preview.z == z
+        assert widget.propagate_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+        # Again, to its end: the status and the bar follow the slice steps.
+        held.until_cancelled = False
+        widget.propagate()
+        qtbot.waitUntil(held.returned.is_set, timeout=3 * WAIT)
+        done, at_most = held.steps[-1]
+        assert held.steps == [(step, at_most) for step in range(1, done + 1)]
+        assert at_most == max(z, len(widget.session.volume) - 1 - z)
+        shown = f"Propagating through z: slice step {done} of {at_most}…"
+        qtbot.waitUntil(lambda: widget.status.text() == shown, timeout=WAIT)
+        assert (widget.progress.value(), widget.progress.maximum()) == (done, at_most)
+        held.release.set()
+        qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=WAIT)
+        assert widget.progress.value() == widget.progress.maximum() == at_most
+        (entry,) = widget.session.labels.log()
+        assert widget.status.text().startswith(f"Committed object(s) {entry['id']}")
+        carried = np.asarray(labels.data[:]) == entry["id"]
+        assert carried.any(axis=(1, 2)).sum() > 3
+        assert widget.preview is None and widget.propagate_button.isEnabled()
+        assert shown_errors == []
+    finally:
+        if held is not None:
+            held.release.set()
+        widget.close_session()
+
+
+def test_closing_the_widget_cancels_a_propagation(
+    qtbot, viewer_with_nuclei: Viewer, nuclei, monkeypatch: pytest.MonkeyPatch, shown_errors
+) -> None:
+    _, truth = nuclei
+    widget = _open_widget(viewer_with_nuclei)
+    try:
+        _preview_of_a_nucleus(qtbot, widget, truth)
+        workspace = widget.session.workspace
+        held = _HeldPropagation(monkeypatch, widget.session)
+        held.until_cancelled = True
+        widget.propagate()
+        assert widget._propagate_worker is not None
+    finally:
+        widget.close_session()  # waits for the worker: it sees the cancel
+    assert held.cancelled
+    qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=WAIT)
+    assert shown_errors == []
+    with LabelsStore.open(workspace / "labels.ome.zarr", read_only=True) as store:
+        assert store.log() == []
+        assert not np.asarray(store.read()).any()
 
 
 def test_reopening_the_same_data_restores_the_labels(
