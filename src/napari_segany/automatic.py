@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .automatic_link import SliceLinker, link_slices
 from .automatic_masks import Candidate, SegmentationCancelled, clean_mask, window_candidates
 from .automatic_nms import box_nms, mask_nms
+from .object_ends import MIN_SIGNAL_RATIO, ends, standout_at
 
 if TYPE_CHECKING:
     from .embeddings import EmbeddingStore
@@ -84,6 +86,10 @@ class AutomaticParams:
         are dropped, in favour of the window that holds them whole.
     link_iou
         Least IoU with an object on the previous slice to continue it in 3D.
+    min_signal_ratio
+        Linked 3D objects end in z where their signal falls below this share of their
+        strongest slice's (:mod:`napari_segany.object_ends`, the rule that ends
+        propagation); the slices beyond are dropped. 0: keep every linked slice.
     multimask
         Three candidates per point (whole, part, sub-part) as SAM does; False: one.
     """
@@ -99,6 +105,7 @@ class AutomaticParams:
     max_area_fraction: float = 0.5
     edge_margin: int = 16
     link_iou: float = 0.3
+    min_signal_ratio: float = MIN_SIGNAL_RATIO
     multimask: bool = True
 
     def __post_init__(self) -> None:
@@ -110,6 +117,9 @@ class AutomaticParams:
             _check_fraction(name, getattr(self, name), closed_low=True)
         for name in ("nms_threshold", "max_area_fraction", "link_iou"):
             _check_fraction(name, getattr(self, name), closed_low=False)
+        value = self.min_signal_ratio
+        if not _is_number(value) or not 0 <= value < 1:
+            raise ValueError(f"min_signal_ratio must be in [0, 1), got {value!r}")
         value = self.stability_offset
         if not _is_number(value) or not 0 < value < float("inf"):
             raise ValueError(f"stability_offset must be a positive number of logits, got {value!r}")
@@ -367,6 +377,9 @@ def segment_automatic(
     zs = _slices(z, depth)
     shape = (depth, *segmenter.slice_shape)
     store, created = _output(out, shape)
+    volume = segmenter.store.volume
+    trims = link and params.min_signal_ratio > 0 and volume is not None
+    image_at = volume.model_slice if trims and volume is not None else None
     writer = None
     if store is not None:
         from .automatic_write import StoreWriter
@@ -377,7 +390,9 @@ def segment_automatic(
             "params": params.to_dict(),
             "link": link,
         }
-        writer = StoreWriter(store, record)
+        writer = StoreWriter(
+            store, record, image_at=image_at, min_signal_ratio=params.min_signal_ratio
+        )
     result = None if store is not None else np.zeros((len(zs), *shape[1:]), dtype=np.uint32)
     linker = SliceLinker(params.link_iou, link=link)
     bar = tqdm(total=len(zs), desc="automatic segmentation", unit="slice", disable=not progress)
@@ -408,7 +423,33 @@ def segment_automatic(
     if store is not None:
         return store
     assert result is not None
+    if image_at is not None:
+        _trim_ends(result, zs, image_at, params.min_signal_ratio)
     return result[0] if isinstance(z, int | np.integer) else result
+
+
+def _trim_ends(
+    labels: np.ndarray,
+    zs: Sequence[int],
+    image_at: Callable[[int], np.ndarray],
+    min_ratio: float,
+) -> None:
+    """Drop, in place, each linked object's slices beyond its ends in z.
+
+    ``labels[i]`` is slice ``zs[i]``; an object's slices are consecutive (linking
+    continues only from the slice directly before).
+    """
+    for label, where in enumerate(ndimage.find_objects(labels), start=1):
+        if where is None or where[0].stop - where[0].start < 2:
+            continue
+        rows, ys, xs = where
+        measures = []
+        for i in range(rows.start, rows.stop):
+            crop = labels[i, ys, xs] == label
+            measures.append(standout_at(image_at(zs[i]), ys.start, xs.start, crop))
+        first, stop = ends(measures, min_ratio)
+        for i in [*range(rows.start, rows.start + first), *range(rows.start + stop, rows.stop)]:
+            labels[i, ys, xs][labels[i, ys, xs] == label] = 0
 
 
 def with_overrides(params: AutomaticParams | None, overrides: dict[str, Any]) -> AutomaticParams:

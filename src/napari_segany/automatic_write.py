@@ -1,19 +1,23 @@
 """Linked slices into a :class:`~napari_segany.labels.LabelsStore`, one object per commit.
 
 Slices arrive in z order with volume-wide ids. An object is committed as soon as it has
-ended (it is absent from the newest slice), so only the objects still running are held
-in memory, each as crops of its slices, and a run stopped midway keeps every object
-committed so far. Each object gets the store's next id and its record in the annotation
+ended (it is absent from the newest slice), less the slices beyond its ends in z where
+its signal has faded (:mod:`napari_segany.object_ends`). Only the objects still running
+are held in memory, each as crops of its slices, and a run stopped midway keeps every
+object committed so far. Each object gets the store's next id and its record in the annotation
 log; voxels already labelled (by hand, or by an earlier run) are kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
+
+from .object_ends import MIN_SIGNAL_RATIO, ends, standout_at
 
 if TYPE_CHECKING:
     from .labels import LabelsStore
@@ -37,11 +41,25 @@ class StoreWriter:
         Open for writing; its shape is the volume's.
     record
         Put in the annotation log with every object (method, model, parameters).
+    image_at
+        ``image_at(z)``: slice ``z``'s intensities, to trim each object's slices beyond
+        its ends in z (:func:`~napari_segany.object_ends.ends`); None keeps them all.
+    min_signal_ratio
+        The end rule's share of the strongest slice's signal.
     """
 
-    def __init__(self, store: LabelsStore, record: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        store: LabelsStore,
+        record: dict[str, Any],
+        *,
+        image_at: Callable[[int], np.ndarray] | None = None,
+        min_signal_ratio: float = MIN_SIGNAL_RATIO,
+    ) -> None:
         self.store = store
         self.record = record
+        self.image_at = image_at
+        self.min_signal_ratio = min_signal_ratio
         self.committed: list[int] = []
         self._open: dict[int, _Pieces] = {}
         self._last_z: int | None = None
@@ -77,6 +95,10 @@ class StoreWriter:
 
     def _commit(self, pieces: _Pieces) -> None:
         parts = pieces.parts
+        if self.image_at is not None and len(parts) > 1:
+            measures = [standout_at(self.image_at(z), y, x, crop) for z, y, x, crop in parts]
+            first, stop = ends(measures, self.min_signal_ratio)
+            parts = parts[first:stop]
         if not self._adds_voxels(parts):
             return
         if len(parts) == 1:

@@ -34,7 +34,7 @@ FORMAT = "napari-segany.slices"
 VERSION = 1
 _CHUNK = 2048
 """Largest chunk side: a slice is written by one process, in one or more chunks."""
-_LINKING = ("link_iou",)
+_LINKING = ("link_iou", "min_signal_ratio")
 """Parameters that only the linking uses: changing them relinks, it does not resegment."""
 
 
