@@ -392,6 +392,20 @@ def test_3d_protocol_refuses_what_it_cannot_score() -> None:
         )
 
 
+def test_corrections_belong_to_the_3d_protocol(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, labels = tmp_path / "image.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(image, np.zeros((16, 16), dtype=np.uint8))
+    tifffile.imwrite(labels, np.ones((16, 16), dtype=np.uint8))
+    assert main(["evaluate", str(image), str(labels), "--corrections", "2"]) == 1
+    assert "--corrections goes with --in-3d" in capsys.readouterr().err
+    from napari_segany.evaluate_volume import evaluate_propagation
+
+    with pytest.raises(ValueError, match="corrections must be"):
+        evaluate_propagation(None, np.ones((2, 8, 8), dtype=np.uint8), corrections=-1)  # type: ignore[arg-type]
+
+
 @pytest.mark.slow
 def test_3d_protocol_carries_generated_blobs_and_finds_their_ends(tmp_path: Path) -> None:
     """Two blobs that end at known slices; a box on each one's largest slice, propagated."""
@@ -414,6 +428,8 @@ def test_3d_protocol_carries_generated_blobs_and_finds_their_ends(tmp_path: Path
             "--in-3d",
             "--start",
             "point",
+            "--corrections",
+            "2",
             "--out",
             str(tmp_path / "out"),
             "--no-progress",
@@ -422,3 +438,8 @@ def test_3d_protocol_carries_generated_blobs_and_finds_their_ends(tmp_path: Path
     assert status == 0
     saved = json.loads((tmp_path / "out" / "evaluation-3d.json").read_text())
     assert saved["objects"] == 2 and saved["start"] == "point"
+    after = np.array(saved["per_object"]["corrected_iou"])
+    assert after.shape == (2, 2)
+    assert saved["mean_iou_after_corrections"] == pytest.approx(after.mean(axis=0).tolist())
+    # a correction adds the user's slice to the annotations: never far worse than before
+    assert (after[:, -1] >= np.array(saved["per_object"]["iou"]) - 0.05).all()

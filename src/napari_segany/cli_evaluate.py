@@ -70,6 +70,14 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
         "carried through z; 3D IoU, mSA and the z-extent error (writes evaluation-3d.json)",
     )
     parser.add_argument(
+        "--corrections",
+        metavar="N",
+        type=_count,
+        default=0,
+        help="with --in-3d: corrections on each object's worst slice after propagation, "
+        "each followed by propagation again (default: %(default)s)",
+    )
+    parser.add_argument(
         "--device", metavar="DEV", default="auto", help="auto, cpu, cuda, mps (default: auto)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -104,7 +112,11 @@ def evaluate(args: argparse.Namespace) -> int:
             "progress": not args.no_progress,
         }
         if args.in_3d:
-            report = evaluate_in_3d(args.model, args.image, args.labels, **options)
+            report = evaluate_in_3d(
+                args.model, args.image, args.labels, corrections=args.corrections, **options
+            )
+        elif args.corrections:
+            return _error("--corrections goes with --in-3d (in 2D, use --iterations)")
         else:
             report = evaluate_interactive(
                 args.model, args.image, args.labels, iterations=args.iterations, **options

@@ -122,6 +122,7 @@ def evaluate_in_3d(
     labels: np.ndarray | str | os.PathLike[str],
     *,
     start: str = "box",
+    corrections: int = 0,
     refine: bool | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -130,7 +131,9 @@ def evaluate_in_3d(
     """Score objects carried through z: one prompt on each object's largest slice, then
     :meth:`Segmenter.propagate` (see :mod:`napari_segany.evaluate_volume`).
 
-    Parameters are those of :func:`evaluate_interactive`; ``labels`` are ``(Z, Y, X)``.
+    Parameters are those of :func:`evaluate_interactive`; ``labels`` are ``(Z, Y, X)``;
+    ``corrections``: that many corrections on each object's worst slice afterwards, each
+    followed by propagation from every annotated slice.
     Every slice is embedded (propagation visits them), unless a Segmenter is given.
 
     Returns
@@ -148,7 +151,12 @@ def evaluate_in_3d(
     )
     try:
         return evaluate_propagation(
-            segmenter, truth, start=start, progress=progress, callback=callback
+            segmenter,
+            truth,
+            start=start,
+            corrections=corrections,
+            progress=progress,
+            callback=callback,
         )
     finally:
         if opened is not None:

@@ -6,6 +6,12 @@ that slice and :meth:`~napari_segany.Segmenter.propagate` carries it through the
 The scores per object: the 3D IoU with the truth and the z-extent error (how many slices
 the predicted first and last slices are off, added up); over objects: mean 3D IoU, mSA
 and SA50 (each prediction paired with its own object) and the median z-extent error.
+
+With corrections, a simulated user then fixes the worst slice (the one with the most
+wrong pixels that was not annotated yet) and the object is carried again from every
+annotated slice: one corrective click there (positive on missed pixels, negative on
+extra ones, as in the 2D protocol) where the object is, or, where it is not, the word
+that the object has ended before that slice.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .evaluate_prompts import deepest_point, tight_box
+from .evaluate_prompts import corrective_click, deepest_point, tight_box
 from .propagate import propagate_objects
 from .scores import paired_accuracy
 from .segmenter import Prompt, Segmenter
@@ -51,6 +57,8 @@ class PropagationReport:
         Wall time of prompting and propagation (embedding not included).
     model, refine
         The model's name and the Segmenter's ``refine`` setting.
+    corrected_ious
+        ``(objects, corrections)`` 3D IoU after each correction on the worst slice.
     """
 
     start: str
@@ -60,6 +68,14 @@ class PropagationReport:
     seconds: float
     model: str
     refine: bool
+    corrected_ious: np.ndarray | None = None
+
+    @property
+    def mean_iou_after_corrections(self) -> list[float]:
+        """Mean 3D IoU after 1, 2, ... corrections (empty without corrections)."""
+        if self.corrected_ious is None or self.corrected_ious.size == 0:
+            return []
+        return [float(v) for v in self.corrected_ious.mean(axis=0)]
 
     @property
     def n_objects(self) -> int:
@@ -99,10 +115,14 @@ class PropagationReport:
             "median_z_error": self.median_z_error,
             "seconds": self.seconds,
             "seconds_per_object": self.seconds / max(self.n_objects, 1),
+            "mean_iou_after_corrections": self.mean_iou_after_corrections,
             "per_object": {
                 "label": self.labels.tolist(),
                 "iou": self.ious.tolist(),
                 "z_error": self.z_errors.tolist(),
+                "corrected_iou": []
+                if self.corrected_ious is None
+                else self.corrected_ious.tolist(),
             },
         }
 
@@ -114,6 +134,11 @@ class PropagationReport:
 
     def table(self) -> str:
         """A few lines for the terminal."""
+        after = self.mean_iou_after_corrections
+        corrected = []
+        if after:
+            steps = ", ".join(f"{v:.3f}" for v in after)
+            corrected = [f"after 1..{len(after)} corrections on the worst slice: {steps}"]
         return "\n".join(
             [
                 f"3D evaluation: {self.model}, start={self.start} on each object's largest "
@@ -124,6 +149,7 @@ class PropagationReport:
                 f"mean {self.z_errors.mean():.2f}",
                 f"time            {self.seconds:.1f} s, "
                 f"{self.seconds / max(self.n_objects, 1):.2f} s per object",
+                *corrected,
             ]
         )
 
@@ -141,6 +167,7 @@ def evaluate_propagation(
     truth: np.ndarray,
     *,
     start: str = "box",
+    corrections: int = 0,
     progress: bool = True,
     callback: Callable[[int, int], None] | None = None,
 ) -> PropagationReport:
@@ -155,6 +182,9 @@ def evaluate_propagation(
     start
         ``"box"`` (the object's tight box on its largest slice) or ``"point"`` (its
         deepest interior point there).
+    corrections
+        After propagation, this many corrections on the worst slice, each followed by
+        propagation again from every annotated slice (see the module's description).
     progress, callback
         A progress bar and ``callback(done, total)`` over objects.
 
@@ -166,6 +196,8 @@ def evaluate_propagation(
     """
     if start not in ("point", "box"):
         raise ValueError(f"start must be 'point' or 'box', got {start!r}")
+    if isinstance(corrections, bool) or not isinstance(corrections, int) or corrections < 0:
+        raise ValueError(f"corrections must be a whole number, 0 or more, got {corrections!r}")
     shape = (len(segmenter.store), *segmenter.slice_shape)
     if truth.shape != shape:
         raise ValueError(f"labels of shape {truth.shape} do not match the volume's {shape}")
@@ -173,7 +205,7 @@ def evaluate_propagation(
     if not found:
         raise ValueError("labels hold no object: every voxel is 0 (background)")
     began = time.perf_counter()
-    labels, ious, errors = [], [], []
+    labels, ious, errors, corrected = [], [], [], []
     with tqdm(total=len(found), desc="propagating", unit="object", disable=not progress) as bar:
         for first in range(0, len(found), CHUNK):
             chunk = found[first : first + CHUNK]
@@ -186,8 +218,10 @@ def evaluate_propagation(
                 volume = np.zeros(truth.shape, dtype=bool) if empty else next(carried)
                 obj = truth == label
                 labels.append(label)
-                ious.append(float((obj & volume).sum() / (obj | volume).sum()))
+                ious.append(_iou(obj, volume))
                 errors.append(_z_error(obj, volume))
+                if corrections:
+                    corrected.append(_correct(segmenter, obj, mark, volume, corrections))
             bar.update(len(chunk))
             if callback is not None:
                 callback(first + len(chunk), len(found))
@@ -199,7 +233,48 @@ def evaluate_propagation(
         seconds=time.perf_counter() - began,
         model=segmenter.model.name,
         refine=segmenter.refine,
+        corrected_ious=np.array(corrected) if corrections else None,
     )
+
+
+def _iou(truth: np.ndarray, found: np.ndarray) -> float:
+    return float((truth & found).sum() / max((truth | found).sum(), 1))
+
+
+def _correct(
+    segmenter: Segmenter,
+    truth: np.ndarray,
+    mark: dict[int, np.ndarray],
+    found: np.ndarray,
+    corrections: int,
+) -> list[float]:
+    """3D IoU after each correction of the worst slice (see the module's description)."""
+    annotations = {z: m for z, m in mark.items() if m.any()}
+    lo, hi = 0, truth.shape[0] - 1
+    scores = []
+    for _ in range(corrections):
+        wrong = (truth ^ found).sum(axis=(1, 2))
+        wrong[list(annotations)] = 0  # the user's own slices stand
+        wrong[:lo], wrong[hi + 1 :] = 0, 0
+        z = int(np.argmax(wrong))
+        if wrong[z] and not truth[z].any():
+            # the object is not on slice z: it ends before it
+            if z > max(annotations):
+                hi = z - 1
+            elif z < min(annotations):
+                lo = z + 1
+        elif wrong[z]:
+            click = corrective_click(truth[z], found[z])
+            assert click is not None  # slice z has wrong pixels
+            (y, x), positive = click
+            current = found[z] if found[z].any() else None
+            pred = segmenter.predict(z, points=[(y, x)], labels=[positive], mask=current)
+            if pred.mask.any():
+                annotations[z] = pred.mask
+        if annotations:
+            found = propagate_objects(segmenter, [annotations], z_range=(lo, hi))[0]
+        scores.append(_iou(truth, found))
+    return scores
 
 
 def _first_mask(
