@@ -97,12 +97,17 @@ def test_an_unreachable_scheduler_is_named_quickly(tmp_path: Path) -> None:
     gc.collect()  # the leaked socket is closed here, under this test's filter
 
 
-def _signature(points: int = 4) -> dict:
+def _signature(points: int = 4, depth: int = 3, side: int = 16) -> dict:
     embeddings = {
         "model": {"name": "m", "architecture": "vit_b", "sha256": "00"},
         "preprocessing": {"limits": [0.0, 1.0]},
-        "tiles": {"windows": [[0, 0, 16, 16]]},
-        "source": {"shape": [3, 16, 16], "dtype": "uint8", "rgb": False, "fingerprint": "f"},
+        "tiles": {"windows": [[0, 0, side, side]]},
+        "source": {
+            "shape": [depth, side, side],
+            "dtype": "uint8",
+            "rgb": False,
+            "fingerprint": "f",
+        },
     }
     return slice_signature(embeddings, AutomaticParams(points_per_side=points))
 
@@ -141,6 +146,28 @@ def test_slices_are_linked_lazily_into_ome_zarr_labels(tmp_path: Path) -> None:
     assert (out == np.stack(list(link_slices(local, link=False)))).all()
     assert (tifffile.imread(tmp_path / "l.tif") == out).all()
     ImageLabel.from_zarr(zarr.open_group(tmp_path / "l.ome.zarr" / "labels" / "segany", mode="r"))
+
+
+def test_linked_slices_leave_out_each_objects_faded_ends(tmp_path: Path) -> None:
+    """The slice store says an object runs over slices 0-6; its signal says 2-4."""
+    store = SliceStore.open_or_create(tmp_path / "s.slices.zarr", _signature(depth=7, side=32))
+    local = np.zeros((7, 32, 32), dtype=np.uint32)
+    local[:, 8:20, 8:20] = 1  # on every slice, as SAM outlines the glow
+    local[2:5, 24:30, 24:30] = 2  # another object, on 2-4 only, equally bright
+    for z in range(7):
+        store.write(z, local[z])
+    brightness = np.array([5.0, 20.0, 100.0, 100.0, 100.0, 20.0, 5.0])
+    image = np.full((7, 32, 32), 10.0)
+    image[:, 8:20, 8:20] += brightness[:, None, None]
+    image[2:5, 24:30, 24:30] += 100.0
+    image += np.random.default_rng(0).normal(0, 1, image.shape)
+    write_labels(store, tmp_path / "t.ome.zarr", image_at=image.__getitem__)
+    trimmed = read_labels(tmp_path / "t.ome.zarr")
+    assert np.flatnonzero(trimmed.any(axis=(1, 2))).tolist() == [2, 3, 4]
+    kept = trimmed[2:5, 24:30, 24:30]
+    assert (kept > 0).all() and (trimmed[2:5, 8:20, 8:20] > 0).all()
+    write_labels(store, tmp_path / "u.ome.zarr", image_at=image.__getitem__, min_signal_ratio=0)
+    assert read_labels(tmp_path / "u.ome.zarr")[:, 8:20, 8:20].all()  # 0: nothing trimmed
 
 
 def test_the_command_line_refuses_bad_sources_and_options(

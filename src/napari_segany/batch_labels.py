@@ -2,22 +2,27 @@
 
 Linking walks through z one slice at a time (:class:`~napari_segany.SliceLinker`), so it
 runs in the memory of a couple of slices whatever the volume's size, in the process that
-gathers the results, once every slice of the volume is segmented.
+gathers the results, once every slice of the volume is segmented. Given the image, a
+first pass measures every linked object's signal on each of its slices and the labels
+leave out the slices beyond each object's ends in z (:mod:`napari_segany.object_ends`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from .automatic import SliceLinker
 from .batch_slices import SliceStore
 from .labels import LabelsStore
+from .object_ends import MIN_SIGNAL_RATIO, ends, standout_at
 
-__all__ = ["LinkedSlices", "export_tiff", "write_labels"]
+__all__ = ["LinkedSlices", "TrimmedSlices", "export_tiff", "write_labels"]
 
 
 class LinkedSlices:
@@ -79,6 +84,67 @@ class LinkedSlices:
         return np.zeros((0, *self.shape[1:]), dtype=self.dtype)[(slice(None), *rest)]
 
 
+class TrimmedSlices:
+    """Linked slices less each object's slices beyond its ends in z.
+
+    Parameters
+    ----------
+    linked
+        The linked slices (read once here to measure the objects, then again lazily).
+    image_at
+        ``image_at(z)``: slice ``z``'s intensities.
+    min_ratio
+        The end rule's share of an object's strongest slice's signal.
+    """
+
+    def __init__(
+        self,
+        linked: LinkedSlices,
+        image_at: Callable[[int], np.ndarray],
+        min_ratio: float = MIN_SIGNAL_RATIO,
+    ) -> None:
+        self._linked = linked
+        self.shape, self.dtype, self.ndim = linked.shape, linked.dtype, linked.ndim
+        seen: dict[int, list[tuple[int, tuple[float, float]]]] = {}
+        for z in range(self.shape[0]):
+            labels, image = linked.slice(z), image_at(z)
+            for k, where in enumerate(ndimage.find_objects(labels), start=1):
+                if where is not None:
+                    crop = labels[where] == k
+                    measure = standout_at(image, where[0].start, where[1].start, crop)
+                    seen.setdefault(k, []).append((z, measure))
+        self._keep: dict[int, tuple[int, int]] = {}  # id -> first and last slice kept
+        for k, runs in seen.items():
+            first, stop = ends([m for _, m in runs], min_ratio)
+            if (first, stop) != (0, len(runs)):
+                self._keep[k] = (runs[first][0], runs[stop - 1][0])
+
+    @property
+    def objects(self) -> int:
+        """How many ids the linked slices use."""
+        return self._linked.objects
+
+    def slice(self, z: int) -> np.ndarray:
+        """Slice ``z`` with volume-wide ids, trimmed objects left out."""
+        labels = self._linked.slice(z)
+        gone = [k for k, (lo, hi) in self._keep.items() if not lo <= z <= hi]
+        if not gone:
+            return labels
+        return np.where(np.isin(labels, gone), 0, labels).astype(self.dtype, copy=False)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        zkey, rest = key[0], key[1:]
+        if isinstance(zkey, int | np.integer):
+            return self.slice(int(zkey) % self.shape[0])[rest]
+        if not isinstance(zkey, slice):
+            raise TypeError(f"index z with an integer or a slice, got {zkey!r}")
+        parts = [self.slice(z)[rest] for z in range(*zkey.indices(self.shape[0]))]
+        if parts:
+            return np.stack(parts)
+        return np.zeros((0, *self.shape[1:]), dtype=self.dtype)[(slice(None), *rest)]
+
+
 def write_labels(
     slices: SliceStore,
     path: str | os.PathLike[str],
@@ -86,9 +152,13 @@ def write_labels(
     link: bool = True,
     iou_threshold: float = 0.3,
     tiff: str | os.PathLike[str] | None = None,
+    image_at: Callable[[int], np.ndarray] | None = None,
+    min_signal_ratio: float = MIN_SIGNAL_RATIO,
 ) -> int:
     """Link the slices and write them as OME-Zarr labels at ``path`` (replacing what was
     there only once the new labels are complete), and as a TIFF when ``tiff`` is given.
+    With ``image_at`` (``image_at(z)``: slice ``z``'s intensities) and linking on, each
+    object's slices beyond its ends in z are left out (``min_signal_ratio``, 0: none).
 
     Returns
     -------
@@ -100,7 +170,11 @@ def write_labels(
     StoreLockedError
         The labels at ``path`` are open for writing elsewhere (e.g. in napari).
     """
-    linked = LinkedSlices(slices, link=link, iou_threshold=iou_threshold)
+    linked: LinkedSlices | TrimmedSlices = LinkedSlices(
+        slices, link=link, iou_threshold=iou_threshold
+    )
+    if image_at is not None and link and min_signal_ratio > 0:
+        linked = TrimmedSlices(linked, image_at, min_signal_ratio)
     store = LabelsStore.from_array(Path(path), linked, overwrite=True)
     try:
         if tiff is not None:

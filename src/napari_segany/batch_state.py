@@ -104,6 +104,7 @@ class BatchState:
         self._stores: dict[int, SliceStore] = {}
         self._start: dict[int, float] = {}
         self._depth: dict[int, int] = {}
+        self._opening: dict[int, dict[str, Any]] = {}  # open_volume's arguments per source
         self._reused: dict[int, int] = {}
         self._segmented: dict[int, int] = {}
         self._index: list[int] = []  # position in the run -> position in plans
@@ -136,6 +137,7 @@ class BatchState:
 
         with open_volume(str(plan.source), **options) as volume:
             limits = volume.limits
+            self._opening[i] = {**options, "limits": limits}
             store = embed(
                 volume, model, plan.embeddings, compute=False, recompute=recompute, progress=False
             )
@@ -161,7 +163,11 @@ class BatchState:
         return Work(job, todo)
 
     def _linking(self) -> dict[str, Any]:
-        return {"link": self.link, "link_iou": self.params.link_iou}
+        return {
+            "link": self.link,
+            "link_iou": self.params.link_iou,
+            "min_signal_ratio": self.params.min_signal_ratio,
+        }
 
     def _up_to_date(self, slices: SliceStore, plan: Outputs) -> bool:
         record = slices.linked
@@ -186,15 +192,20 @@ class BatchState:
     def segmented(self, index: int) -> None:
         i = self._index[index]
         plan, slices = self.plans[i], self._stores[i]
+        from .volume import open_volume
+
         try:
             slices.mark_linked(None)  # until the new labels are complete
-            objects = write_labels(
-                slices,
-                plan.labels,
-                link=self.link,
-                iou_threshold=self.params.link_iou,
-                tiff=plan.tiff if self.tiff or plan.tiff.exists() else None,  # never stale
-            )
+            with open_volume(str(plan.source), **self._opening[i]) as volume:
+                objects = write_labels(
+                    slices,
+                    plan.labels,
+                    link=self.link,
+                    iou_threshold=self.params.link_iou,
+                    tiff=plan.tiff if self.tiff or plan.tiff.exists() else None,  # never stale
+                    image_at=volume.model_slice,
+                    min_signal_ratio=self.params.min_signal_ratio,
+                )
             now = datetime.now(UTC).isoformat(timespec="seconds")
             slices.mark_linked({**self._linking(), "objects": objects, "time": now})
         except Exception as exc:  # e.g. the labels are open for writing in napari

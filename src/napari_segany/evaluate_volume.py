@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -37,6 +38,12 @@ __all__ = ["PropagationReport", "evaluate_propagation", "objects_in_3d"]
 
 CHUNK = 16
 """Objects carried through z together (one batched decoder call per slice)."""
+
+CLICKS_PER_SLICE = 3
+"""Corrective clicks at most in one correction of a slice."""
+
+GOOD_ENOUGH = 0.9
+"""A slice's IoU at which the simulated user stops clicking on it."""
 
 
 @dataclass
@@ -237,6 +244,32 @@ def evaluate_propagation(
     )
 
 
+def _fix_slice(segmenter: Segmenter, z: int, truth: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """A user's fix of one slice: corrective clicks (as in 2D, the current mask as the
+    decoder's mask input), up to :data:`CLICKS_PER_SLICE` or until the slice is right to
+    :data:`GOOD_ENOUGH` IoU, keeping the best mask seen (the user undoes a worse one)."""
+    best, best_iou = found, _iou(truth, found)
+    points: list[tuple[int, int]] = []
+    labels: list[int] = []
+    current: np.ndarray = found
+    feedback: np.ndarray | torch.Tensor | None = found if found.any() else None
+    for _ in range(CLICKS_PER_SLICE):
+        click = corrective_click(truth, current)
+        if click is None or best_iou >= GOOD_ENOUGH:
+            break
+        points.append(click[0])
+        labels.append(click[1])
+        if not any(labels):  # negative clicks alone carve from the mask as it is
+            if not current.any():
+                break
+            feedback = current
+        pred = segmenter.predict(z, points=points, labels=labels, mask=feedback)
+        current, feedback = pred.mask, pred.logits
+        if _iou(truth, current) > best_iou:
+            best, best_iou = current, _iou(truth, current)
+    return best
+
+
 def _iou(truth: np.ndarray, found: np.ndarray) -> float:
     return float((truth & found).sum() / max((truth | found).sum(), 1))
 
@@ -264,13 +297,9 @@ def _correct(
             elif z < min(annotations):
                 lo = z + 1
         elif wrong[z]:
-            click = corrective_click(truth[z], found[z])
-            assert click is not None  # slice z has wrong pixels
-            (y, x), positive = click
-            current = found[z] if found[z].any() else None
-            pred = segmenter.predict(z, points=[(y, x)], labels=[positive], mask=current)
-            if pred.mask.any():
-                annotations[z] = pred.mask
+            fixed = _fix_slice(segmenter, z, truth[z], found[z])
+            if fixed.any():
+                annotations[z] = fixed
         if annotations:
             found = propagate_objects(segmenter, [annotations], z_range=(lo, hi))[0]
         scores.append(_iou(truth, found))

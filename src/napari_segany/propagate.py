@@ -78,15 +78,15 @@ class StopRule:
         Least area in pixels.
     min_contrast_ratio
         Least contrast of the new mask against a ring around it, relative to the
-        contrast on the annotated slice (0, the default, turns the check off: the
+        contrast on the object's strongest annotated slice (0, the default, turns the check off: the
         signal check replaced it). Contrast is the difference of mean intensity inside
         and in the ring over their pooled standard deviation; it needs the volume
         (stores opened without it skip the image checks).
     min_signal_ratio
-        Least signal of the new mask, relative to the signal on the annotated slice (0
-        turns the check off). Signal is the mean intensity inside less the mean in the
-        ring around it; it needs the volume, and an annotated object that does not stand
-        out by intensity (contrast below
+        Least signal of the new mask, relative to the signal on the object's strongest
+        annotated slice (0 turns the check off). Signal is the mean intensity inside
+        less the mean in the ring around it; it needs the volume, and an annotated
+        object that does not stand out by intensity (contrast below
         :data:`~napari_segany.object_ends.MIN_CONTRAST`) is not judged by it.
     """
 
@@ -273,8 +273,14 @@ def propagate_objects(
         runs += _runs(i, {z: results[i][z] for z in marked}, lo, hi, direction)
     volume = segmenter.store.volume if rule.reads_image else None
     if volume is not None:
+        # an object's reference is its strongest annotated slice, wherever a run starts:
+        # a run from an annotation at a faint tip must not take the tip for the middle
+        strongest: dict[int, tuple[float, float]] = {}
+        for i, marked in enumerate(objects):
+            measures = [standout(volume.model_slice(z), results[i][z]) for z in marked]
+            strongest[i] = max(measures, key=lambda m: abs(m[1]))
         for run in runs:
-            run.contrast, run.signal = standout(volume.model_slice(run.z), run.mask)
+            run.contrast, run.signal = strongest[run.obj]
     total = max((abs(r.limit - r.z) for r in runs), default=0)
     for step in range(1, total + 1):
         if cancel is not None and cancel():
