@@ -9,9 +9,9 @@ and SA50 (each prediction paired with its own object) and the median z-extent er
 
 With corrections, a simulated user then fixes the worst slice (the one with the most
 wrong pixels that was not annotated yet) and the object is carried again from every
-annotated slice: one corrective click there (positive on missed pixels, negative on
-extra ones, as in the 2D protocol) where the object is, or, where it is not, the word
-that the object has ended before that slice.
+annotated slice: up to three corrective clicks there (positive on missed pixels,
+negative on extra ones, as in the 2D protocol), keeping the best mask, where the object
+is; where it is not, the word that the object has ended before that slice.
 """
 
 from __future__ import annotations
