@@ -22,10 +22,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -33,6 +32,9 @@ from .evaluate_prompts import corrective_click, deepest_point, tight_box
 from .propagate import propagate_objects
 from .scores import paired_accuracy
 from .segmenter import Prompt, Segmenter
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["PropagationReport", "evaluate_propagation", "objects_in_3d"]
 

@@ -40,7 +40,8 @@ DRAW_IN = 0.05
 width, while an object tapers. Objects are mostly drawn where they are clearest and
 largest, so away from that slice they taper; a box the size of the last mask holds the
 decoder to that size, one drawn in a little lets it follow the object down (on real
-nuclei, 3D IoU 0.63 against 0.57 with the box as it is)."""
+nuclei, given each object's true extent: 3D IoU 0.682 against 0.631 with the box as
+it is)."""
 
 TAPER = 0.7
 """An object tapers while each slice keeps from this share to all of the area before. A
@@ -121,12 +122,6 @@ class StopRule:
     def reads_image(self) -> bool:
         """Whether the rule looks at the image (contrast or signal)."""
         return self.min_contrast_ratio > 0 or self.min_signal_ratio > 0
-
-
-def contrast(image: np.ndarray, mask: np.ndarray) -> float:
-    """How much a mask stands out: |mean inside - mean of a ring around it| / pooled std
-    (see :func:`napari_segany.object_ends.standout`)."""
-    return standout(image, mask)[0]
 
 
 def project(
