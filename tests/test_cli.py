@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import ndimage
 
-from napari_segany import __version__, weights
+from napari_segany import __version__, load_model, open_volume, weights
 from napari_segany.cli import main
+from napari_segany.finetune_data import MIN_OBJECTS
+from napari_segany.labels import LabelsStore
+from napari_segany.session import Session
 
 
 @pytest.fixture
@@ -109,3 +115,129 @@ def test_fetch_of_the_default_model_prints_its_path(capsys: pytest.CaptureFixtur
     assert main(["fetch", "mobile_sam", "--no-progress"]) == 0
     out = capsys.readouterr().out.strip()
     assert out == str(weights.cache_dir() / "mobile_sam.pt")
+
+
+# -- finetune ---------------------------------------------------------------------------
+
+
+def _blobs(per_side: int = 4, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 2D image of ``per_side**2`` bright ellipses on a noisy background, and its labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((size, size), np.uint32)
+    yy, xx = np.mgrid[:size, :size]
+    step = size / per_side
+    for k in range(per_side**2):
+        cy, cx = step * (k // per_side + 0.5), step * (k % per_side + 0.5)
+        cy, cx = cy + rng.uniform(-6, 6), cx + rng.uniform(-6, 6)
+        ry, rx = rng.uniform(10, 22, 2)
+        labels[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = k + 1
+    brightness = np.concatenate([[0.0], rng.uniform(0.5, 1.0, per_side**2)])
+    image = ndimage.gaussian_filter(brightness[labels], 1.5) + rng.normal(0, 0.08, labels.shape)
+    return (image * 1000 + 200).clip(0).astype(np.uint16), labels
+
+
+def _finetune_args(labels: Path, out: Path, *more: str) -> list[str]:
+    return ["finetune", str(labels), "--out", str(out), "--no-progress", *more]
+
+
+def test_help_lists_finetune(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "finetune" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["finetune", "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("LABELS_STORE", "--model", "--out", "--budget", "--epochs", "--seed"):
+        assert option in text
+    for option in ("--validation", "--device", "--decoder-only", "--json"):
+        assert option in text
+    assert "held back" in text
+
+
+def test_finetune_without_embeddings_beside_the_labels_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, labels = _blobs()
+    store = tmp_path / "ws" / "labels.ome.zarr"
+    LabelsStore.from_array(store, labels).close()
+    out = tmp_path / "tuned.pt"
+
+    assert main(_finetune_args(store, out)) == 1
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("napari-segany: error:")
+    assert str(store) in captured.err
+    assert "no embeddings" in captured.err
+    assert "napari-segany embed" in captured.err
+    assert not out.exists()
+
+
+def test_finetune_with_too_few_objects_says_how_many_are_needed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, labels = _blobs()
+    store = tmp_path / "labels.ome.zarr"
+    LabelsStore.from_array(store, np.where(labels <= 3, labels, 0)).close()
+
+    assert main(_finetune_args(store, tmp_path / "tuned.pt")) == 1
+
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("napari-segany: error:")
+    assert f"at least {MIN_OBJECTS}" in err
+    assert "found 3" in err
+
+
+def test_finetune_of_a_missing_store_or_into_a_folder_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_finetune_args(tmp_path / "nothing.ome.zarr", tmp_path / "t.pt")) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "no labels store" in err
+
+    _, labels = _blobs()
+    LabelsStore.from_array(tmp_path / "labels.ome.zarr", labels).close()
+    assert main(_finetune_args(tmp_path / "labels.ome.zarr", tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "is a folder" in err
+
+
+@pytest.mark.slow
+def test_finetune_learns_from_a_session_workspace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, labels = _blobs()
+    model = load_model("mobile_sam", device="cpu", progress=False)
+    session = Session.open(open_volume(image), model, workspace=tmp_path / "ws")
+    session.embed_slice(0)
+    for label in range(1, int(labels.max()) + 1):
+        session.labels.commit(labels == label, z=0)
+    session.close()
+    store = tmp_path / "ws" / "labels.ome.zarr"
+    out, report = tmp_path / "tuned" / "mobile_sam-tuned.pt", tmp_path / "report.json"
+
+    args = _finetune_args(store, out, "--budget", "6", "--device", "cpu", "--json", str(report))
+    assert main(args) == 0
+
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "embeddings-mobile_sam.zarr" in captured.out  # the workspace's own embeddings
+    assert "held-back objects:" in captured.out
+    for score in ("click", "box", "clicks8"):
+        assert f"  {score} " in captured.out
+    written = json.loads(report.read_text())
+    assert written["kept"] in ("tuned", "base")
+    assert written["model"] == "mobile_sam"
+    if written["kept"] == "tuned":
+        assert f"wrote   {out}" in captured.out
+        tuned = load_model(out, device="cpu", progress=False)
+        assert tuned.encoder_sha256 == model.encoder_sha256  # the embeddings still serve
+    else:
+        assert "nothing was written" in captured.out
+        assert not out.exists()

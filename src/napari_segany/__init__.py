@@ -46,6 +46,9 @@ _EXPORTS = {
     "PropagationReport": "evaluate",
     "InteractiveReport": "evaluate",
     "StopRule": "propagate",
+    "finetune": "finetuning",
+    "FinetuneReport": "finetuning",
+    "FinetuneCancelled": "finetuning",
     "PropagationCancelled": "propagate",
 }
 
@@ -54,6 +57,8 @@ __all__ = [
     "BatchResult",
     "CheckpointError",
     "EmbeddingStore",
+    "FinetuneCancelled",
+    "FinetuneReport",
     "ImageEmbedding",
     "InteractiveReport",
     "LabelsStore",
@@ -77,6 +82,7 @@ __all__ = [
     "evaluate_in_3d",
     "evaluate_interactive",
     "fetch",
+    "finetune",
     "link_slices",
     "list_models",
     "load_model",
@@ -105,6 +111,7 @@ if TYPE_CHECKING:
         evaluate_in_3d,
         evaluate_interactive,
     )
+    from .finetuning import FinetuneCancelled, FinetuneReport, finetune
     from .labels import LabelsStore, StoreLockedError
     from .model import CheckpointError, ImageEmbedding, SamModel, load_model
     from .prompt_batch import read_prompts, segment_with_prompts

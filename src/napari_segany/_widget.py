@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
@@ -44,6 +44,10 @@ from .device import keep_large_allocations
 from .embeddings import NotEmbeddedError
 from .propagate import PropagationCancelled, StopRule
 from .session import EmbeddingQueue, Preview, Session, volume_from_layer
+
+if TYPE_CHECKING:
+    from .finetuning import FinetuneReport
+    from .model import SamModel
 
 #: Keys bound on the viewer while the widget is open: (key, method name, what it does).
 SHORTCUTS = (
@@ -94,6 +98,29 @@ def _preview_with_outline(
     return preview, layers.outline(preview.labels())
 
 
+def _learn_from_labels(
+    session: Session,
+    budget: float | None,
+    *,
+    callback: Callable[[int, int], None],
+    cancel: Callable[[], bool],
+) -> tuple[SamModel, FinetuneReport]:
+    """Tune the session's model on its committed labels (in a worker thread)."""
+    from .finetuning import finetune
+
+    name = session.model.name  # tuned again: the tuned file is replaced (at each gain)
+    out = name if name.startswith("tuned-") else f"tuned-{Path(name).stem}.pt"
+    return finetune(
+        [(session.store, session.labels.read())],
+        session.model,
+        time_budget=budget,
+        out=session.workspace / out,
+        progress=False,
+        callback=callback,
+        cancel=cancel,
+    )
+
+
 class SegmentAnythingWidget(QWidget):
     """Interactive Segment Anything for the image layers of a napari viewer.
 
@@ -101,6 +128,13 @@ class SegmentAnythingWidget(QWidget):
     ----------
     napari_viewer
         The viewer (napari passes it when the widget is opened from the Plugins menu).
+
+    Attributes
+    ----------
+    finetune_budget
+        Seconds of training for "Learn from my labels" (None: the engine's default).
+    finetune_report
+        The last :class:`~napari_segany.finetuning.FinetuneReport` of "Learn from my labels".
     """
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -130,7 +164,11 @@ class SegmentAnythingWidget(QWidget):
         self._automatic_worker: FunctionWorker | None = None
         self._propagating_z = 0
         self._propagate_generation = 0
-        # The long tasks, automatic segmentation and propagation (one at a time, see
+        self._finetune_worker: FunctionWorker | None = None
+        self._finetune_generation = 0
+        self.finetune_budget: float | None = None
+        self.finetune_report: FinetuneReport | None = None
+        # The long tasks, automatic segmentation, propagation, learning (one at a time, see
         # _busy): Cancel sets the event, and the timer shows the progress their worker
         # writes into the list (see _task_worker).
         self._task_cancel = threading.Event()
@@ -246,6 +284,12 @@ class SegmentAnythingWidget(QWidget):
         automatic_box = QGroupBox("Automatic")
         automatic_box.setLayout(automatic)
 
+        self.learn_button = QPushButton("Learn from my labels")
+        self.learn_button.setToolTip(
+            "Tune the model on the committed objects (some held back to check it); the "
+            "tuned model is used only if it does better on them"
+        )
+        self.learn_button.clicked.connect(self.learn)
         self.save_button = QPushButton("Save labels as…")
         self.save_button.clicked.connect(self.save_labels_dialog)
 
@@ -254,6 +298,7 @@ class SegmentAnythingWidget(QWidget):
         outer.addWidget(embedding_box)
         outer.addWidget(objects_box)
         outer.addWidget(automatic_box)
+        outer.addWidget(self.learn_button)
         outer.addWidget(self.save_button)
         outer.addStretch(1)
         self._enable(False)
@@ -269,6 +314,7 @@ class SegmentAnythingWidget(QWidget):
             self.propagate_button,
             self.segment_slice_button,
             self.segment_volume_button,
+            self.learn_button,
             self.save_button,
             self.negative_check,
         ):
@@ -488,12 +534,18 @@ class SegmentAnythingWidget(QWidget):
         if self._embed_worker is not None:
             self._embed_worker.quit()
             self.status.setText("Embedding cancelled; finished slices are kept.")
-        if self._automatic_worker is not None or self._propagate_worker is not None:
+        tasks = (self._automatic_worker, self._propagate_worker, self._finetune_worker)
+        if any(w is not None for w in tasks):
             self.status.setText("Cancelling…")
 
     def _update_cancel(self) -> None:
         """Cancel is enabled while something it stops runs."""
-        workers = (self._embed_worker, self._automatic_worker, self._propagate_worker)
+        workers = (
+            self._embed_worker,
+            self._automatic_worker,
+            self._propagate_worker,
+            self._finetune_worker,
+        )
         self.cancel_button.setEnabled(any(w is not None for w in workers))
 
     def _slice_changed(self, *_: Any) -> None:
@@ -612,6 +664,9 @@ class SegmentAnythingWidget(QWidget):
         if self._automatic_worker is not None:
             show_info("Segment Anything: wait for the automatic segmentation to finish")
             return True
+        if self._finetune_worker is not None:
+            show_info("Segment Anything: wait for the learning from your labels to finish")
+            return True
         return False
 
     def segment_slice(self) -> None:
@@ -656,6 +711,82 @@ class SegmentAnythingWidget(QWidget):
         self._end_task(show=False)
         if not self._closed and self.labels_layer is not None:
             self.labels_layer.refresh()
+
+    def learn(self) -> None:
+        """Tune the model on the committed labels (in a worker), then decode with it.
+
+        The tuned model replaces the session's only if it beats it on held-back objects
+        (see :func:`napari_segany.finetune`); it is saved in the session's workspace.
+        Training lasts :attr:`finetune_budget` seconds; Cancel stops it, changing nothing.
+        """
+        if self.session is None or self._busy():
+            return
+        worker = self._task_worker(
+            _learn_from_labels,
+            self.session,
+            self.finetune_budget,
+            total=0,  # the steps are estimated once training runs
+            message="Learning from your labels: step {} of about {}…".format,
+            returned=self._learned,
+            errored=self._learn_failed,
+            finished=self._learning_finished,
+        )
+        self._finetune_generation = self._generation
+        self._finetune_worker = worker
+        self.learn_button.setEnabled(False)
+        self.progress.setFormat("%v / %m steps")
+        self._start_task(worker, "Learning from your labels: scoring the model first…")
+
+    def _learned(self, result: tuple[SamModel, FinetuneReport]) -> None:
+        self._end_task(complete=True)
+        session = self.session
+        if self._closed or session is None or self._finetune_generation != self._generation:
+            return
+        model, report = result
+        self.finetune_report = report
+        names = {"click": "one click", "box": "box", "clicks8": "8 clicks"}
+        if report.kept != "tuned":
+            base = ", ".join(f"{names[k]} {report.before[k]:.2f}" for k in names)
+            self.status.setText(
+                f"No gain on the {report.validation_objects} held-back objects ({base}); "
+                f"the base model {session.model.name} is kept."
+            )
+            return
+        try:
+            session.use_model(model)
+        except ValueError as err:
+            self._report("the tuned model could not be used", err)
+            return
+        gains = ", ".join(
+            f"{names[k]} {report.before[k]:.2f} → {report.after[k]:.2f}" for k in names
+        )
+        used = report.checkpoint.name if report.checkpoint is not None else model.name
+        self.status.setText(
+            f"Tuned on {report.training_objects} objects; held-back objects: {gains}; "
+            f"now using {used}."
+        )
+        self._request_decode()  # the prompts on screen, with the tuned model
+
+    def _learn_failed(self, err: Exception) -> None:
+        from .finetuning import FinetuneCancelled
+
+        self._end_task()
+        if self._closed or self._finetune_generation != self._generation:
+            return  # the session was closed meanwhile: its own message stays
+        if isinstance(err, FinetuneCancelled):
+            self.status.setText("Learning cancelled; the model is unchanged.")
+        elif isinstance(err, ValueError):  # too few objects, mismatched labels: one line
+            line = " ".join(str(err).split()).rstrip(".")
+            self.status.setText(f"Cannot learn from your labels: {line}.")
+        else:
+            self._report("learning from your labels failed", err)
+
+    def _learning_finished(self) -> None:
+        self._finetune_worker = None
+        self._end_task(show=False)
+        if not self._closed:
+            self.progress.setFormat("%v / %m slices")
+            self.learn_button.setEnabled(self.session is not None)
 
     # -- long tasks: progress polled from the GUI thread, Cancel ------------------------------
 

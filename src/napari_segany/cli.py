@@ -125,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     from .cli_evaluate import add_evaluate  # the evaluation command lives in its own module
 
     add_evaluate(commands)
+    from .cli_finetune import add_finetune  # fine-tuning on the user's labels, its own module
+
+    add_finetune(commands)
     return parser
 
 

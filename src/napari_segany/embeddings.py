@@ -29,7 +29,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from .encode import choose_batch_size, encode_tiles
-from .model import ImageEmbedding
+from .model import ImageEmbedding, same_encoder
 from .models import input_size
 from .tiling import TileGrid, Window, tile_grid
 from .volume import Volume, open_volume
@@ -65,7 +65,12 @@ def signature(volume: Volume, model: SamModel, grid: TileGrid) -> dict[str, Any]
     return {
         "format": FORMAT,
         "version": VERSION,
-        "model": {"name": model.name, "architecture": model.architecture, "sha256": model.sha256},
+        "model": {
+            "name": model.name,
+            "architecture": model.architecture,
+            "sha256": model.sha256,
+            "encoder_sha256": model.encoder_sha256,
+        },
         "preprocessing": {
             "limits": [float(v) for v in volume.limits],
             "input_size": model.image_size,
@@ -89,10 +94,7 @@ def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
         if stored.get(key) != wanted[key]:
             out.append(f"{key} {stored.get(key)!r} (this version writes {wanted[key]!r})")
     s_model, w_model = stored.get("model", {}), wanted["model"]
-    if (s_model.get("architecture"), s_model.get("sha256")) != (
-        w_model["architecture"],
-        w_model["sha256"],
-    ):
+    if not same_encoder(s_model, w_model):
         out.append(
             f"model {s_model.get('name')!r} (sha256 {str(s_model.get('sha256'))[:12]}) "
             f"instead of {w_model['name']!r} (sha256 {str(w_model['sha256'])[:12]})"
@@ -371,6 +373,14 @@ def _open_or_create(path: Path | None, sig: dict[str, Any], recompute: bool) -> 
         raise ValueError(f"{path} is a zarr group but not a napari-segany embedding store")
     diffs = _differences(stored, sig)
     if not diffs:
+        model = stored.get("model", {})
+        if not model.get("encoder_sha256") and sig["model"]["encoder_sha256"]:
+            # A store from before encoders had their own sha256, opened by its own model:
+            # record the encoder's, so that decoders tuned from the model may read it too.
+            try:
+                group.attrs["model"] = {**model, "encoder_sha256": sig["model"]["encoder_sha256"]}
+            except OSError:  # a store on read-only media stays as it is
+                pass
         return group
     if not recompute:
         raise StoreMismatchError(

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +77,34 @@ def _state_dict_of(checkpoint: object, path: Path) -> Mapping[str, torch.Tensor]
     )
 
 
+ENCODER = "image_encoder."
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor], prefix: str = ENCODER) -> str:
+    """A sha256 of the parameters whose names start with ``prefix``: names, dtypes, shapes
+    and values, in name order; the same however the checkpoint file was written."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in state if k.startswith(prefix)):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def same_encoder(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether two signatures' ``model`` entries have the same image encoder.
+
+    The encoder's own sha256 decides where both have one, so a model whose decoder was
+    tuned keeps the stores of its base; stores written before encoders had their own
+    sha256 compare the checkpoints' sha256.
+    """
+    if stored.get("architecture") != wanted.get("architecture"):
+        return False
+    if stored.get("encoder_sha256") and wanted.get("encoder_sha256"):
+        return bool(stored["encoder_sha256"] == wanted["encoder_sha256"])
+    return bool(stored.get("sha256") == wanted.get("sha256"))
+
+
 def _load_state(net: Sam, state: Mapping[str, torch.Tensor], architecture: str, path: Path) -> None:
     missing = sorted(set(net.state_dict()) - set(state))
     unexpected = sorted(set(state) - set(net.state_dict()))
@@ -112,6 +141,10 @@ class SamModel:
         The :class:`~napari_segany.models.Sam` network (eval mode).
     autocast_dtype
         Reduced precision used for the encoder (bf16 on CUDA by default), or None.
+    encoder_sha256
+        A sha256 of the image encoder's weights alone: what an embedding store's
+        embeddings depend on, so stores stay valid for a model whose decoder was tuned
+        (:func:`napari_segany.finetune`) and are refused for another encoder.
     fast
         Whether the fast paths are on; for the decoder this means
         :class:`~napari_segany.models.fast_decoder.FastDecoder`, which keeps the last
@@ -129,6 +162,7 @@ class SamModel:
         sha256: str | None = None,
         autocast_dtype: torch.dtype | None = None,
         fast: bool = False,
+        encoder_sha256: str | None = None,
     ) -> None:
         self.net = net
         self.name = name
@@ -138,6 +172,7 @@ class SamModel:
         self._sha256 = sha256
         self.autocast_dtype = autocast_dtype
         self.fast = fast
+        self.encoder_sha256 = encoder_sha256
         self._fast_decoder: FastDecoder | None = None
 
     def __repr__(self) -> str:
@@ -263,6 +298,29 @@ class SamModel:
         return out.reshape(*lead, *out.shape[-2:])
 
 
+def _with_base(checkpoint: Mapping[str, object], path: Path, progress: bool) -> dict:
+    """A decoder-only file's parameters over those of its base model's checkpoint."""
+    from .finetune_checkpoint import read_decoder_file
+    from .weights import resolve_checkpoint
+
+    base, tuned = read_decoder_file(checkpoint, path)
+    from .weights import UnknownModelError
+
+    try:  # a registry model, fetched and verified; else the file it was tuned from
+        base_path, _ = resolve_checkpoint(str(base["name"]), progress=progress)
+    except UnknownModelError:
+        base_path, _ = resolve_checkpoint(str(base.get("checkpoint")), progress=progress)
+    loaded = torch.load(base_path, map_location="cpu", weights_only=True)
+    state = dict(_state_dict_of(loaded, base_path))
+    if base.get("encoder_sha256") and weights_sha256(state) != base["encoder_sha256"]:
+        raise CheckpointError(
+            f"{path} was tuned from {base['name']!r} with another image encoder than the "
+            f"{base_path} found now: fetch the checkpoint it was tuned from"
+        )
+    state.update(tuned)
+    return state
+
+
 _PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -337,7 +395,12 @@ def load_model(
             f"{path} could not be read as a torch checkpoint with weights_only=True "
             f"(only plain tensors are loaded, never code): {type(err).__name__}: {err}"
         ) from None
-    state = _state_dict_of(checkpoint, path)
+    from .finetune_checkpoint import is_decoder_file
+
+    if is_decoder_file(checkpoint):
+        state = _with_base(checkpoint, Path(path), progress)
+    else:
+        state = _state_dict_of(checkpoint, path)
     if entry is not None:
         arch = entry.architecture
     else:
@@ -347,6 +410,7 @@ def load_model(
             raise CheckpointError(f"{path}: {err}") from None
     net = build_sam(arch)
     _load_state(net, state, arch, path)
+    encoder_sha256 = weights_sha256(state)
     del checkpoint, state
 
     set_fused_attention(net, fast)
@@ -365,7 +429,16 @@ def load_model(
         sha256=entry.sha256 if entry is not None else None,
         autocast_dtype=autocast_dtype,
         fast=fast,
+        encoder_sha256=encoder_sha256,
     )
 
 
-__all__ = ["CheckpointError", "Decoded", "ImageEmbedding", "SamModel", "load_model"]
+__all__ = [
+    "CheckpointError",
+    "Decoded",
+    "ImageEmbedding",
+    "SamModel",
+    "load_model",
+    "same_encoder",
+    "weights_sha256",
+]

@@ -36,12 +36,12 @@ def as_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> to
     return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device)
 
 
-def mask_to_logits(mask: np.ndarray, resized: tuple[int, int], frame: int = 1024) -> np.ndarray:
-    """A boolean image-sized mask as the decoder's ``(256, 256)`` low-resolution logits.
+def mask_fraction(mask: np.ndarray, resized: tuple[int, int], frame: int = 1024) -> np.ndarray:
+    """The share of each cell of the decoder's ``(256, 256)`` logit grid that a boolean
+    image-sized mask covers, float32 in 0-1.
 
-    The mask is taken to the model frame (resized, zero-padded), averaged over each
-    grid cell, and the covered fraction turned into a logit, clipped at +-10 so a
-    hand-drawn mask guides the decoder without saturating it.
+    The mask is taken to the model frame (resized bilinearly, zero-padded) and averaged
+    over each grid cell.
     """
     from PIL import Image
 
@@ -50,7 +50,15 @@ def mask_to_logits(mask: np.ndarray, resized: tuple[int, int], frame: int = 1024
     in_frame = np.zeros((frame, frame), dtype=np.float32)
     resized_mask = np.asarray(pil.resize((resized[1], resized[0]), Image.Resampling.BILINEAR))
     in_frame[: resized[0], : resized[1]] = resized_mask / 255.0
-    fraction = in_frame.reshape(grid, 4, grid, 4).mean(axis=(1, 3))
+    return in_frame.reshape(grid, 4, grid, 4).mean(axis=(1, 3))
+
+
+def mask_to_logits(mask: np.ndarray, resized: tuple[int, int], frame: int = 1024) -> np.ndarray:
+    """A boolean image-sized mask as the decoder's ``(256, 256)`` low-resolution logits.
+
+    The covered fraction of each grid cell (:func:`mask_fraction`) turned into a logit,
+    clipped at +-10 so a hand-drawn mask guides the decoder without saturating it.
+    """
     eps = np.float32(1e-4)
-    fraction = np.clip(fraction, eps, 1 - eps)
+    fraction = np.clip(mask_fraction(mask, resized, frame), eps, 1 - eps)
     return np.clip(np.log(fraction / (1 - fraction)), -10, 10).astype(np.float32)

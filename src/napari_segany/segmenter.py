@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .model import same_encoder
 from .prompts import mask_to_logits
 from .refine import choose_candidates
 from .upscale import upscale_mask
@@ -138,12 +139,22 @@ class Segmenter:
     """
 
     def __init__(self, model: SamModel, store: EmbeddingStore, *, refine: bool = True) -> None:
-        sha = store.signature["model"]["sha256"]
-        if sha is not None and model.sha256 is not None and sha != model.sha256:
-            raise ValueError(
-                f"the store was computed with model {store.signature['model']['name']!r}, "
-                f"not {model.name!r}: use the same model"
-            )
+        stored = store.signature["model"]
+        known = (stored.get("encoder_sha256") and model.encoder_sha256) or (
+            stored.get("sha256") is not None and model.sha256 is not None
+        )
+        if known:
+            mine = {
+                "architecture": model.architecture,
+                "sha256": model.sha256,
+                "encoder_sha256": model.encoder_sha256,
+            }
+            if not same_encoder(stored, mine):
+                raise ValueError(
+                    f"the store was computed with model {stored['name']!r}, whose image "
+                    f"encoder {model.name!r} does not have: use the same model (or one "
+                    "tuned from it: a tuned decoder keeps its base's stores)"
+                )
         self.model = model
         self.store = store
         self.refine = refine

@@ -143,6 +143,28 @@ def group_prompts(points: np.ndarray, signs: np.ndarray, boxes: np.ndarray) -> l
     return prompts
 
 
+def _store_of_encoder(folder: Path, model: SamModel) -> Path | None:
+    """An embedding store in the workspace made by ``model``'s image encoder, e.g. its base
+    model's for a tuned model, when the model has no store of its own name there."""
+    from .model import same_encoder
+
+    if (folder / embeddings_name(model.name) / "zarr.json").exists():
+        return None
+    mine = {
+        "architecture": model.architecture,
+        "sha256": model.sha256,
+        "encoder_sha256": model.encoder_sha256,
+    }
+    for path in sorted(folder.glob("embeddings-*.zarr")):
+        try:
+            stored = EmbeddingStore.open(path).signature.get("model", {})
+        except (OSError, ValueError, KeyError):
+            continue
+        if stored.get("encoder_sha256") and same_encoder(stored, mine):
+            return path
+    return None
+
+
 class Session:
     """An image, its model, embeddings and labels; see the module docstring.
 
@@ -206,7 +228,7 @@ class Session:
         """
         folder = Path(workspace) if workspace else workspace_for(source, volume.fingerprint())
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / embeddings_name(model.name)
+        path = _store_of_encoder(folder, model) or folder / embeddings_name(model.name)
         try:
             store = embed(volume, model, path, compute=False, progress=False)
         except StoreMismatchError:  # the image changed since: its embeddings are stale
@@ -236,6 +258,20 @@ class Session:
     def close(self) -> None:
         """Release the labels store (and its writer lock)."""
         self.labels.close()
+
+    def use_model(self, model: SamModel) -> None:
+        """Decode with ``model`` from now on, e.g. one tuned by :func:`napari_segany.finetune`.
+
+        The embeddings are kept: a tuned decoder shares its base's image encoder.
+
+        Raises
+        ------
+        ValueError
+            ``model`` has another image encoder than the one the store was computed with.
+        """
+        refine = self.segmenter.refine
+        self.segmenter = Segmenter(model, self.store, refine=refine)
+        self.model = model
 
     # -- embeddings ------------------------------------------------------------------------
 

@@ -1,0 +1,703 @@
+"""Learn from the user's own annotations: tune the prompt encoder and mask decoder.
+
+The image encoder stays frozen, so every embedding is already in the stores and a
+training step costs only decoder passes (:mod:`.models.decoder_training`). Prompts are
+drawn as the evaluation's simulated user gives them: a click at an object's deepest point
+or elsewhere deep inside it, its tight box, and corrective clicks at the model's own
+errors with its previous logits. A share of the objects (whole label ids) is held back;
+the model is scored on them with the evaluation protocol itself before training and every
+so often during it, and the best state wins. A tuned model that does not beat the base on
+all of one click, a box and eight corrective clicks is not kept: the base is returned and
+the report says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .evaluate_prompts import corrective_click
+from .finetune_data import MAX_EXAMPLES, Example, examples_of, held_back_labels, split_ids
+from .models import Sam
+from .models.decoder_training import crop_windows, decode_windows, window_starts
+
+if TYPE_CHECKING:
+    from .embeddings import EmbeddingStore
+    from .model import SamModel
+
+LEARNING_RATE = 1e-4
+BATCH = 8
+CPU_BUDGET = 240.0
+"""Default seconds of training on a CPU (validation included)."""
+GPU_BUDGET = 120.0
+VALIDATE_EVERY = 25.0
+"""Seconds of training between two validations (fewer on a fast device: see ``steps``)."""
+PATIENCE = 4
+"""Validations without a gain before training stops."""
+MAX_VALIDATION = 32
+"""Held-back objects on slices scored at most (a fixed random sample of the rest)."""
+CORRECTIONS = 4
+"""Most corrective clicks simulated before a training prompt."""
+KINDS = ("click", "box", "corrected")
+KIND_SHARES = (0.35, 0.25, 0.4)
+
+
+class FinetuneCancelled(RuntimeError):
+    """The run was cancelled; the best checkpoint so far (if written) is kept."""
+
+
+@dataclass
+class FinetuneReport:
+    """What :func:`finetune` did and what it gained on the held-back objects.
+
+    Attributes
+    ----------
+    before, after
+        Mean IoU of the held-back objects for ``"click"`` (one click), ``"box"`` and
+        ``"clicks8"`` (after eight corrective clicks), with the base model and with the
+        model returned.
+    kept
+        ``"tuned"``, or ``"base"`` when tuning did not beat the base on all three.
+    training_objects, validation_objects
+        Objects on slices trained on and scored.
+    steps, seconds, stopped
+        Optimiser steps, wall time, and why training ended (``"time budget"``,
+        ``"epochs"``, ``"no more gain"``).
+    checkpoint, decoder_file
+        Files written (None when no ``out`` was given, or nothing was kept).
+    history
+        ``(step, seconds, scores)`` of every validation.
+    """
+
+    before: dict[str, float]
+    after: dict[str, float]
+    kept: str
+    training_objects: int
+    validation_objects: int
+    steps: int
+    seconds: float
+    stopped: str
+    checkpoint: Path | None = None
+    decoder_file: Path | None = None
+    history: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for people: before and after, side by side."""
+        rows = [
+            f"held-back objects: {self.validation_objects} (trained on {self.training_objects})",
+            *(
+                f"  {name:<8} {self.before[name]:.3f} -> {self.after[name]:.3f}"
+                for name in ("click", "box", "clicks8")
+            ),
+            f"{self.steps} steps in {self.seconds:.0f} s, stopped: {self.stopped}; "
+            + ("tuned model kept" if self.kept == "tuned" else "no gain: the base model is kept"),
+        ]
+        return "\n".join(rows)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-able data."""
+        return {
+            "before": self.before,
+            "after": self.after,
+            "kept": self.kept,
+            "training_objects": self.training_objects,
+            "validation_objects": self.validation_objects,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "stopped": self.stopped,
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            "decoder_file": None if self.decoder_file is None else str(self.decoder_file),
+            "history": [list(h) for h in self.history],
+        }
+
+
+def finetune(
+    pairs: Sequence[tuple[Any, Any]],
+    model: SamModel | str | os.PathLike[str] = "mobile_sam",
+    *,
+    time_budget: float | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    validation: float = 0.25,
+    out: str | os.PathLike[str] | None = None,
+    decoder_only: bool | None = None,
+    progress: bool = True,
+    callback: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> tuple[SamModel, FinetuneReport]:
+    """Tune a model's prompt encoder and mask decoder on annotated images.
+
+    Parameters
+    ----------
+    pairs
+        ``(embeddings, labels)`` per image: an :class:`EmbeddingStore` of ``model``'s
+        encoder (or a volume, an array or a path, embedded here in memory), and a
+        :class:`LabelsStore`, an integer array or a TIFF path of instance labels of the
+        same ``(Z, Y, X)`` (or ``(Y, X)``) shape.
+    model
+        A :class:`SamModel`, or a name or checkpoint for :func:`load_model`.
+    time_budget
+        Seconds of training, validations included (default: 180 on a CPU, 120 on a GPU).
+    epochs
+        Stop after this many passes over the training objects (default: the budget only).
+    seed
+        Seeds the split, the prompts and the order: the same inputs give the same model.
+    device
+        For a model loaded by name or path.
+    validation
+        The share of label ids held back to score the model.
+    out
+        Write the tuned checkpoint here (a SAM checkpoint; see
+        :mod:`napari_segany.finetune_checkpoint`), replaced atomically at each gain so an
+        interrupted run leaves the last good one. Nothing is written if no gain is found.
+    decoder_only
+        Also write ``<out stem>.decoder.pt`` (default: for ViT encoders).
+    progress, callback, cancel
+        A progress bar, ``callback(step, steps)`` (steps estimated from the budget), and
+        a poll that stops the run (:class:`FinetuneCancelled`) when it returns True.
+
+    Returns
+    -------
+    model, report
+        The tuned model (or the base, when tuning gained nothing) and a
+        :class:`FinetuneReport`.
+
+    Raises
+    ------
+    ValueError
+        Too few objects (it says how many are needed), labels that do not match their
+        image, a store of another model's encoder, bad settings.
+    FinetuneCancelled
+        ``cancel`` returned True.
+    """
+    from .model import SamModel, load_model
+
+    began = time.perf_counter()
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be 1 or more, got {epochs}")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"the time budget must be positive seconds, got {time_budget}")
+    base = model if isinstance(model, SamModel) else load_model(model, device=device)
+    if out is not None and base.checkpoint is None:
+        raise ValueError(
+            f"{base.name} has no checkpoint file to build the tuned checkpoint from: "
+            "tune a model loaded from a file, or pass out=None"
+        )
+    stores, labels = _open_pairs(pairs, base, progress)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    train_ids, val_ids = split_ids(labels, validation, rng)
+    examples = [
+        ex
+        for p, (store, stack) in enumerate(zip(stores, labels, strict=True))
+        for ex in examples_of(p, stack, train_ids[p], store.grid, rng)
+    ]
+    if len(examples) > MAX_EXAMPLES:
+        keep = rng.choice(len(examples), size=MAX_EXAMPLES, replace=False)
+        examples = [examples[i] for i in sorted(keep)]
+    held = [held_back_labels(stack, ids) for stack, ids in zip(labels, val_ids, strict=True)]
+    held = _limit_validation(held, rng)
+    budget = time_budget or (GPU_BUDGET if base.device.type == "cuda" else CPU_BUDGET)
+
+    trainer = _Trainer(base, stores, examples, rng)
+    judge = _Judge(stores, held, cancel)
+    loop = _Loop(budget, epochs, max(1, len(examples) // BATCH), callback, cancel, progress)
+    before = judge.scores(base)
+    loop.judged()
+    best_scores, best_state, history = None, None, []
+    written: tuple[Path, Path | None] | None = None
+    stopped, waited = "time budget", 0
+    try:
+        while True:
+            loop.poll()
+            trainer.step()
+            reason = loop.stepped()
+            if reason is None:
+                continue
+            scores = judge.scores(trainer.model())
+            loop.judged()
+            history.append((loop.step, round(time.perf_counter() - began, 1), scores))
+            if _beats(scores, before) and (
+                best_scores is None or sum(scores.values()) > sum(best_scores.values())
+            ):
+                best_scores, best_state, waited = scores, trainer.state(), 0
+                if out is not None:
+                    written = trainer.save(out, decoder_only)
+            else:
+                waited += 1
+            if reason != "check":
+                stopped = reason
+                break
+            if waited >= PATIENCE:
+                stopped = "no more gain"
+                break
+    finally:
+        loop.close()
+    kept = best_state is not None
+    result = trainer.model(best_state) if kept else base
+    if kept and written is not None:  # the model is the file: name it so, hash it from it
+        result.name, result.checkpoint = written[0].name, written[0]
+    return result, FinetuneReport(
+        before=before,
+        after=best_scores if kept else before,
+        kept="tuned" if kept else "base",
+        training_objects=len(examples),
+        validation_objects=judge.objects,
+        steps=loop.step,
+        seconds=time.perf_counter() - began,
+        stopped=stopped,
+        checkpoint=written[0] if written else None,
+        decoder_file=written[1] if written else None,
+        history=history,
+    )
+
+
+def _beats(scores: dict[str, float], than: dict[str, float]) -> bool:
+    """Better on the mean of the three and not worse on any of them."""
+    if any(scores[k] < than[k] for k in than):
+        return False
+    return sum(scores.values()) > sum(than.values())
+
+
+def _open_pairs(
+    pairs: Sequence[tuple[Any, Any]], model: SamModel, progress: bool
+) -> tuple[list[EmbeddingStore], list[np.ndarray]]:
+    """Each pair's embedding store (of ``model``'s encoder) and ``(Z, Y, X)`` labels."""
+    from .embeddings import EmbeddingStore, embed
+    from .evaluate import fit_labels, read_labels
+    from .labels import LabelsStore
+    from .model import same_encoder
+
+    if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], tuple):
+        pairs = [pairs]  # one pair given bare
+    if not pairs:
+        raise ValueError("give at least one (embeddings, labels) pair to learn from")
+    stores, labels = [], []
+    mine = {
+        "architecture": model.architecture,
+        "sha256": model.sha256,
+        "encoder_sha256": model.encoder_sha256,
+    }
+    for number, pair in enumerate(pairs, start=1):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"pair {number} is not an (embeddings, labels) pair: {pair!r}")
+        source, truth = pair
+        if isinstance(truth, LabelsStore):
+            truth = truth.read()
+        truth = read_labels(truth)
+        if isinstance(source, EmbeddingStore):
+            store = source
+            if not same_encoder(store.signature["model"], mine):
+                raise ValueError(
+                    f"pair {number}: the embeddings in {store.path or 'memory'} were computed "
+                    f"with {store.signature['model'].get('name')!r}, whose image encoder "
+                    f"{model.name!r} does not have: embed the image with {model.name!r}"
+                )
+        else:
+            store = None
+        shape = (len(store), *store.grid.slice_shape) if store is not None else None
+        if store is None:
+            from .volume import open_volume
+
+            volume = open_volume(source)
+            shape = (len(volume), *volume.slice_shape)
+            try:
+                stack = fit_labels(truth, shape)
+            except ValueError as err:
+                raise ValueError(f"pair {number}: {err}") from None
+            wanted = [z for z in range(len(stack)) if stack[z].any()]
+            store = embed(volume, model, None, slices=wanted, progress=progress)
+        else:
+            try:
+                stack = fit_labels(truth, shape)
+            except ValueError as err:
+                raise ValueError(f"pair {number}: {err}") from None
+        stores.append(store)
+        labels.append(stack)
+    return stores, labels
+
+
+def _limit_validation(held: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """At most :data:`MAX_VALIDATION` held-back objects on slices, a fixed random sample."""
+    found = [
+        (p, z, int(i))
+        for p, stack in enumerate(held)
+        for z in range(stack.shape[0])
+        for i in np.unique(stack[z])
+        if i
+    ]
+    if len(found) <= MAX_VALIDATION:
+        return held
+    keep = {found[k] for k in rng.choice(len(found), size=MAX_VALIDATION, replace=False)}
+    out = []
+    for p, stack in enumerate(held):
+        limited = np.zeros_like(stack)
+        for z in range(stack.shape[0]):
+            for i in np.unique(stack[z]):
+                if i and (p, z, int(i)) in keep:
+                    limited[z][stack[z] == i] = i
+        out.append(limited)
+    return out
+
+
+class _Loop:
+    """When to check the model and when to stop: the budget covers the checks, the one
+    before training included, so a run ends within its budget."""
+
+    def __init__(
+        self,
+        budget: float,
+        epochs: int | None,
+        steps_per_epoch: int,
+        callback: Callable[[int, int], None] | None,
+        cancel: Callable[[], bool] | None,
+        progress: bool,
+    ) -> None:
+        self.started = self.last = self._check_began = time.perf_counter()
+        self.deadline = self.started + budget
+        self.planned = None if epochs is None else epochs * steps_per_epoch
+        self.callback, self.cancel = callback, cancel
+        self.step, self.check_cost, self.step_cost = 0, 0.0, 0.0
+        self.bar = tqdm(total=self.planned, desc="fine-tuning", unit="step", disable=not progress)
+
+    def poll(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise FinetuneCancelled("fine-tuning cancelled")
+        self._step_began = time.perf_counter()
+
+    def judged(self) -> None:
+        """A check just ended: learn what one costs."""
+        now = time.perf_counter()
+        self.check_cost = max(self.check_cost, now - self._check_began)
+        self.last = now
+
+    def stepped(self) -> str | None:
+        """After a step: None to go on, else ``"check"``, ``"time budget"`` or ``"epochs"``
+        (check the model, then stop)."""
+        now = time.perf_counter()
+        self.step += 1
+        self.step_cost = now - self._step_began
+        self.bar.update(1)
+        left = self.deadline - now - self.check_cost
+        if self.callback is not None:
+            rate = self.step / max(now - self.started, 1e-9)
+            estimate = self.step + int(rate * max(left, 0.0) * 0.8)
+            if self.planned is not None:
+                estimate = min(estimate, self.planned)
+            self.callback(self.step, max(estimate, self.step))
+        self._check_began = now
+        if self.planned is not None and self.step >= self.planned:
+            return "epochs"
+        if left < 1.5 * self.step_cost:
+            return "time budget"
+        if now - self.last >= max(VALIDATE_EVERY, 3 * self.check_cost):
+            return "check"
+        return None
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _Judge:
+    """Scores a model on the held-back objects with the evaluation protocol itself."""
+
+    def __init__(
+        self,
+        stores: list[EmbeddingStore],
+        held: list[np.ndarray],
+        cancel: Callable[[], bool] | None,
+    ) -> None:
+        self.stores, self.held, self.cancel = stores, held, cancel
+        self.objects = sum(
+            int(np.unique(stack[z]).size - 1)
+            for stack in held
+            for z in range(stack.shape[0])
+            if stack[z].any()
+        )
+
+    def scores(self, model: SamModel) -> dict[str, float]:
+        from .evaluate import SegmenterDecoder
+        from .evaluate_protocol import run_protocol
+        from .segmenter import Segmenter
+
+        clicks, boxes = [], []
+        for store, stack in zip(self.stores, self.held, strict=True):
+            if not stack.any():
+                continue
+            decoder = SegmenterDecoder(Segmenter(model, store))
+            for start, iterations, into in (("point", 8, clicks), ("box", 0, boxes)):
+                scores = run_protocol(
+                    decoder,
+                    stack,
+                    start=start,
+                    iterations=iterations,
+                    progress=False,
+                    callback=self._poll,
+                )
+                into.append(scores.ious)
+        point, box = np.concatenate(clicks), np.concatenate(boxes)
+        return {
+            "click": round(float(point[:, 0].mean()), 4),
+            "box": round(float(box[:, 0].mean()), 4),
+            "clicks8": round(float(point[:, -1].mean()), 4),
+        }
+
+    def _poll(self, done: int, total: int) -> None:
+        if self.cancel is not None and self.cancel():
+            raise FinetuneCancelled("fine-tuning cancelled")
+
+
+class _Trainer:
+    """The tuned modules, their optimiser, and one training step at a time."""
+
+    def __init__(
+        self,
+        base: SamModel,
+        stores: list[EmbeddingStore],
+        examples: list[Example],
+        rng: np.random.Generator,
+    ) -> None:
+        self.base, self.stores, self.examples, self.rng = base, stores, examples, rng
+        self.device = base.device
+        self.prompt_encoder = copy.deepcopy(base.net.prompt_encoder).train()
+        self.mask_decoder = copy.deepcopy(base.net.mask_decoder).train()
+        for module in (self.prompt_encoder, self.mask_decoder):
+            for p in module.parameters():
+                p.requires_grad_(True)
+        params = [*self.prompt_encoder.parameters(), *self.mask_decoder.parameters()]
+        self.optimiser = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.01)
+        self._features: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._order: list[int] = []
+        autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self._autocast = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else None
+
+    # -- the model and its state ------------------------------------------------------
+
+    def state(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            "prompt_encoder": copy.deepcopy(self.prompt_encoder.state_dict()),
+            "mask_decoder": copy.deepcopy(self.mask_decoder.state_dict()),
+        }
+
+    def model(self, state: dict[str, dict[str, torch.Tensor]] | None = None) -> SamModel:
+        """A :class:`SamModel` with the current (or the given) tuned modules, eval mode."""
+        from .model import SamModel
+
+        prompt_encoder = copy.deepcopy(self.prompt_encoder).eval()
+        mask_decoder = copy.deepcopy(self.mask_decoder).eval()
+        if state is not None:
+            prompt_encoder.load_state_dict(state["prompt_encoder"])
+            mask_decoder.load_state_dict(state["mask_decoder"])
+        for module in (prompt_encoder, mask_decoder):
+            module.requires_grad_(False)
+        base = self.base
+        net = Sam(
+            image_encoder=base.net.image_encoder,
+            prompt_encoder=prompt_encoder,
+            mask_decoder=mask_decoder,
+            image_size=base.net.image_size,
+        ).to(base.device)
+        return SamModel(
+            net,
+            name=f"{base.name}-tuned",
+            architecture=base.architecture,
+            device=base.device,
+            checkpoint=None,
+            sha256=None,
+            autocast_dtype=base.autocast_dtype,
+            fast=base.fast,
+            encoder_sha256=base.encoder_sha256,
+        )
+
+    def save(
+        self, out: str | os.PathLike[str], decoder_only: bool | None
+    ) -> tuple[Path, Path | None]:
+        from .finetune_checkpoint import save_tuned
+
+        return save_tuned(self.model(), self.base, out, decoder_only=decoder_only)
+
+    # -- training ----------------------------------------------------------------------
+
+    def _batch(self) -> list[Example]:
+        if len(self._order) < BATCH:
+            self._order.extend(self.rng.permutation(len(self.examples)).tolist())
+        chosen, self._order = self._order[:BATCH], self._order[BATCH:]
+        return [self.examples[i] for i in chosen]
+
+    def _embedding(self, ex: Example) -> torch.Tensor:
+        key = (ex.pair, ex.z, ex.tile)
+        features = self._features.get(key)
+        if features is None:
+            features = self.stores[ex.pair].get(ex.z, ex.tile).features.to(self.device)
+            self._features[key] = features
+        return features
+
+    def step(self) -> float:
+        batch = self._batch()
+        kinds = self.rng.choice(len(KINDS), size=len(batch), p=KIND_SHARES)
+        total = 0.0
+        self.optimiser.zero_grad(set_to_none=True)
+        for kind in range(len(KINDS)):
+            group = [ex for ex, k in zip(batch, kinds, strict=True) if k == kind]
+            if group:
+                total += self._learn(KINDS[kind], group, len(batch))
+        self.optimiser.step()
+        return total
+
+    def _learn(self, kind: str, group: list[Example], batch: int) -> float:
+        dev = self.device
+        features = torch.cat([self._embedding(ex) for ex in group])
+        target = torch.stack([ex.target for ex in group]).to(dev)
+        boxes = torch.as_tensor(np.stack([ex.box for ex in group]), dtype=torch.float32, device=dev)
+        size = _window_size(boxes)
+        windows = window_starts(boxes, size)
+        if kind == "box":
+            prompt: dict[str, Any] = {
+                "points": None,
+                "boxes": _jitter(boxes, self.rng),
+                "mask_logits": None,
+            }
+        else:
+            first = [
+                ex.clicks[0 if self.rng.random() < 0.5 else self.rng.integers(len(ex.clicks))]
+                for ex in group
+            ]
+            xy = torch.as_tensor(np.stack(first)[:, None], dtype=torch.float32, device=dev)
+            labels = torch.ones(len(group), 1, dtype=torch.int64, device=dev)
+            prompt = {"points": (xy, labels), "boxes": None, "mask_logits": None}
+            if kind == "corrected":
+                prompt = self._corrected(prompt, features, target, group, windows, size)
+        tokens = slice(1, 4) if kind == "click" else slice(0, 1)
+        with self._autocast or _null():
+            logits, iou = decode_windows(
+                self.prompt_encoder,
+                self.mask_decoder,
+                features,
+                windows=windows,
+                size=size,
+                **prompt,
+            )
+        logits, iou = logits[:, tokens].float(), iou[:, tokens].float()
+        want = crop_windows(target, windows, size)[:, None].expand_as(logits)
+        loss = _mask_loss(logits, want) + _iou_loss(logits, want, iou)
+        (loss * len(group) / batch).backward()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _corrected(
+        self,
+        prompt: dict[str, Any],
+        features: torch.Tensor,
+        target: torch.Tensor,
+        group: list[Example],
+        windows: torch.Tensor,
+        size: int,
+    ) -> dict[str, Any]:
+        """The prompt after 1 to :data:`CORRECTIONS` corrective clicks at the current
+        model's own errors, with its last logits.
+
+        Decoded on the training windows: clicks go to errors inside them, and the logits
+        fed back are the window's, with "no object" around it.
+        """
+        xy, labels = prompt["points"]
+        b, side = len(group), 4 * size
+        truth = (crop_windows(target, windows, size) > 0.5).cpu().numpy()
+        logits = None
+        rows = torch.arange(b, device=features.device)
+        for _ in range(int(self.rng.integers(1, CORRECTIONS + 1))):
+            with self._autocast or _null():
+                out, _iou = decode_windows(
+                    self.prompt_encoder,
+                    self.mask_decoder,
+                    features,
+                    points=(xy, labels),
+                    boxes=None,
+                    mask_logits=logits,
+                    windows=windows,
+                    size=size,
+                )
+            out = out.float()
+            if logits is None:  # a lone click: the smallest candidate that is not a speck
+                cells = (out[:, 1:] > 0).sum((-2, -1)).float()
+                pick = torch.where(cells >= 2, cells, torch.inf).argmin(1) + 1
+            else:
+                pick = torch.zeros(b, dtype=torch.long, device=out.device)
+            chosen = out[rows, pick]  # (B, side, side)
+            pred = (chosen > 0).cpu().numpy()
+            logits = torch.full((b, 1, 256, 256), -20.0, device=out.device)
+            for i in range(b):
+                y0, x0 = (4 * windows[i]).tolist()
+                logits[i, 0, y0 : y0 + side, x0 : x0 + side] = chosen[i]
+            new_xy, new_labels = [], []
+            for i, ex in enumerate(group):
+                y0, x0 = (4 * windows[i]).tolist()
+                pred[i, max(0, ex.valid[0] - y0) :] = False  # the padding is never shown
+                pred[i, :, max(0, ex.valid[1] - x0) :] = False
+                click = corrective_click(truth[i], pred[i])
+                if click is None:  # perfect already: a second click at the deepest point
+                    new_xy.append(xy[i, 0].tolist())
+                    new_labels.append(1)
+                    continue
+                (y, x), label = click
+                new_xy.append([4 * (x0 + x) + 1.5, 4 * (y0 + y) + 1.5])
+                new_labels.append(label)
+            xy = torch.cat([xy, torch.tensor(new_xy, dtype=xy.dtype, device=xy.device)[:, None]], 1)
+            labels = torch.cat([labels, torch.tensor(new_labels, device=labels.device)[:, None]], 1)
+        return {"points": (xy, labels), "boxes": None, "mask_logits": logits}
+
+
+def _window_size(boxes: torch.Tensor) -> int:
+    """Tokens a side of the windows of a group: twice the largest object, 16 to 64."""
+    extent = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).max().item()
+    tokens = int(np.ceil(2 * extent / 16 / 8)) * 8
+    return int(min(64, max(16, tokens)))
+
+
+def _jitter(boxes: torch.Tensor, rng: np.random.Generator, share: float = 0.05) -> torch.Tensor:
+    """Boxes with each side moved by up to ``share`` of the box's size, half the time."""
+    if rng.random() < 0.5:
+        return boxes
+    size = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, dim=1)
+    moves = torch.as_tensor(rng.uniform(-share, share, boxes.shape), dtype=boxes.dtype)
+    return boxes + moves.to(boxes.device) * size
+
+
+def _mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy plus Dice, per mask, averaged."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((-2, -1))
+    prob = logits.sigmoid()
+    inter = (prob * target).sum((-2, -1))
+    dice = 1 - (2 * inter + 1) / (prob.sum((-2, -1)) + target.sum((-2, -1)) + 1)
+    return (bce + dice).mean()
+
+
+def _iou_loss(logits: torch.Tensor, target: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """The IoU head's squared error against each mask's real IoU (on the window)."""
+    with torch.no_grad():
+        mine, truth = logits > 0, target > 0.5
+        inter = (mine & truth).sum((-2, -1)).float()
+        union = (mine | truth).sum((-2, -1)).float()
+        real = inter / union.clamp(min=1)
+    return F.mse_loss(predicted, real)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+__all__ = ["FinetuneCancelled", "FinetuneReport", "finetune"]
