@@ -12,6 +12,8 @@ import gc
 import json
 import os
 import platform
+import resource
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -143,3 +145,23 @@ def write_json(path: str | Path, payload: Mapping[str, object]) -> None:
         raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
     Path(path).write_text(json.dumps(payload, indent=1, default=default) + "\n")
+
+
+def find_pairs(folder: Path, only: list[str] | None, tool: str) -> list[tuple[str, Path, Path]]:
+    """``(name, image, labels)`` of every ``NAME_image.tif`` with a ``NAME_labels.tif``."""
+    pairs = []
+    for image in sorted(folder.glob("*_image.tif")):
+        name = image.name.removesuffix("_image.tif")
+        labels = folder / f"{name}_labels.tif"
+        if labels.exists() and (not only or name in only):
+            pairs.append((name, image, labels))
+    missing = sorted(set(only or ()) - {name for name, _, _ in pairs})
+    if missing:
+        raise SystemExit(f"{tool}: no image/labels pair for {', '.join(missing)}")
+    return pairs
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory so far (Linux: kB; macOS: bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)

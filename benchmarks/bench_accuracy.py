@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import resource
 import sys
 import time
 from pathlib import Path
@@ -31,27 +30,21 @@ from pathlib import Path
 import numpy as np
 
 import napari_segany as sg
-from _timing import interleaved, machine, markdown_table, summarize, write_json
+from _timing import (
+    find_pairs,
+    interleaved,
+    machine,
+    markdown_table,
+    peak_mb,
+    summarize,
+    write_json,
+)
 from napari_segany.evaluate import fit_labels, read_labels
 from napari_segany.evaluate_prompts import deepest_point, tight_box
 from napari_segany.segmenter import Segmenter
 
 VARIANTS = {"plain": False, "refined": True}
 STARTS = ("point", "box")
-
-
-def find_pairs(folder: Path, only: list[str] | None) -> list[tuple[str, Path, Path]]:
-    """``(name, image, labels)`` of every ``NAME_image.tif`` with a ``NAME_labels.tif``."""
-    pairs = []
-    for image in sorted(folder.glob("*_image.tif")):
-        name = image.name.removesuffix("_image.tif")
-        labels = folder / f"{name}_labels.tif"
-        if labels.exists() and (not only or name in only):
-            pairs.append((name, image, labels))
-    missing = sorted(set(only or ()) - {name for name, _, _ in pairs})
-    if missing:
-        raise SystemExit(f"bench_accuracy: no image/labels pair for {', '.join(missing)}")
-    return pairs
 
 
 def click_prompts(truth: np.ndarray, limit: int = 32) -> tuple[int, list[dict]]:
@@ -66,12 +59,6 @@ def click_prompts(truth: np.ndarray, limit: int = 32) -> tuple[int, list[dict]]:
         prompts.append({"points": [deepest_point(truth[z] == i)], "labels": [1]})
         prompts.append({"box": tight_box(truth[z] == i)})
     return z, prompts
-
-
-def peak_mb() -> float:
-    """This process's peak resident memory so far (Linux: kB; macOS: bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def run_image(
@@ -183,7 +170,7 @@ def main() -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args()
 
-    pairs = find_pairs(args.data, args.only)
+    pairs = find_pairs(args.data, args.only, "bench_accuracy")
     model = sg.load_model(args.model, device=args.device)
     results = [run_image(name, image, labels, model, args) for name, image, labels in pairs]
     print(tables(results, args.iterations))

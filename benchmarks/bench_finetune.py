@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -30,33 +29,13 @@ from pathlib import Path
 import numpy as np
 
 import napari_segany as sg
-from _timing import machine, markdown_table, write_json
+from _timing import find_pairs, machine, markdown_table, peak_mb, write_json
 from napari_segany.evaluate import fit_labels, read_labels
 from napari_segany.segmenter import Segmenter
 
 SCORES = ("click", "box", "clicks8")
 """One click, the box, and eight corrective clicks after one click."""
 ITERATIONS = 8
-
-
-def find_pairs(folder: Path, only: list[str] | None) -> list[tuple[str, Path, Path]]:
-    """``(name, image, labels)`` of every ``NAME_image.tif`` with a ``NAME_labels.tif``."""
-    pairs = []
-    for image in sorted(folder.glob("*_image.tif")):
-        name = image.name.removesuffix("_image.tif")
-        labels = folder / f"{name}_labels.tif"
-        if labels.exists() and (not only or name in only):
-            pairs.append((name, image, labels))
-    missing = sorted(set(only or ()) - {name for name, _, _ in pairs})
-    if missing:
-        raise SystemExit(f"bench_finetune: no image/labels pair for {', '.join(missing)}")
-    return pairs
-
-
-def peak_mb() -> float:
-    """This process's peak resident memory so far (Linux: kB; macOS: bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def split(truth: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +194,7 @@ def main() -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args()
 
-    pairs = find_pairs(args.data, args.only)
+    pairs = find_pairs(args.data, args.only, "bench_finetune")
     model = sg.load_model(args.model, device=args.device, progress=args.progress)
     results = [run_image(name, image, labels, model, args) for name, image, labels in pairs]
     pool = pooled(results) if any("ious" in r for r in results) else None

@@ -39,8 +39,7 @@ import numpy as np
 import tifffile
 
 import napari_segany as sg
-from _timing import machine, markdown_table, write_json
-from bench_accuracy import peak_mb
+from _timing import machine, markdown_table, peak_mb, write_json
 from napari_segany.sample_data import nuclei_volume
 
 STARTS = ("box", "point")

@@ -20,7 +20,6 @@ from napari.qt.threading import FunctionWorker
 from scipy import ndimage
 
 from napari_segany import LabelsStore
-from napari_segany import _widget as widget_module
 from napari_segany._widget import SHORTCUTS, SegmentAnythingWidget, slice_ranges
 from napari_segany.propagate import PropagationCancelled
 from napari_segany.sample_data import coins, nuclei_volume
@@ -29,13 +28,6 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 PLUGIN = "napari-segany"
 WAIT = 120_000  # ms: the encoder takes ~1-3 s per slice on a small CPU
-
-
-@pytest.fixture(autouse=True)
-def sessions_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "sessions"
-    monkeypatch.setenv("NAPARI_SEGANY_SESSIONS", str(folder))
-    return folder
 
 
 @pytest.fixture
@@ -175,14 +167,6 @@ class _HeldPropagation:
         if not self.release.wait(WAIT / 1000):
             raise TimeoutError("the test never released the propagation")
         return ids
-
-
-@pytest.fixture
-def shown_errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The error notifications the widget shows."""
-    errors: list[str] = []
-    monkeypatch.setattr(widget_module, "show_error", errors.append)
-    return errors
 
 
 def _preview_of_a_nucleus(qtbot, widget: SegmentAnythingWidget, truth: np.ndarray) -> int:

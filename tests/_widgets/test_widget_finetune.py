@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,6 @@ from napari import Viewer
 from scipy import ndimage
 
 import napari_segany.finetuning as finetune_module
-from napari_segany import _widget as widget_module
 from napari_segany._widget import SegmentAnythingWidget
 from napari_segany.finetuning import FinetuneCancelled, FinetuneReport
 
@@ -30,20 +28,6 @@ BUDGET = 8.0  # seconds of training, validation included
 # Scoring the held-back objects before and after training takes most of the time on a CPU
 # (10-50 s on two cores): the workers get 3 * WAIT.
 NAMES = {"click": "one click", "box": "box", "clicks8": "8 clicks"}
-
-
-@pytest.fixture(autouse=True)
-def sessions_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "sessions"
-    monkeypatch.setenv("NAPARI_SEGANY_SESSIONS", str(folder))
-    return folder
-
-
-@pytest.fixture
-def shown_errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    errors: list[str] = []
-    monkeypatch.setattr(widget_module, "show_error", errors.append)
-    return errors
 
 
 def bright_blobs() -> tuple[np.ndarray, np.ndarray]:
