@@ -117,8 +117,16 @@ def test_mismatched_signature_is_refused_and_nothing_is_lost(
     changed[0] += 1  # every pixel of a sampled slice changes
     with pytest.raises(StoreMismatchError, match="fingerprint"):
         embed(open_volume(changed), model, path, compute=False)
-    other_file = tmp_path / "other_mobile_sam.pt"  # same weights, another file: another model
-    torch.save(torch.load(model.checkpoint, weights_only=True), other_file)
+    # The same weights in another file compute the same embeddings: accepted. Another
+    # image encoder (one tensor nudged) is another model.
+    state = torch.load(model.checkpoint, weights_only=True)
+    same_file = tmp_path / "same_mobile_sam.pt"
+    torch.save(state, same_file)
+    embed(open_volume(stack), load_model(same_file, device="cpu"), path, compute=False)
+    key = next(k for k in sorted(state) if k.startswith("image_encoder.") and "weight" in k)
+    state[key] = state[key] + 1e-3
+    other_file = tmp_path / "other_mobile_sam.pt"
+    torch.save(state, other_file)
     other = load_model(other_file, device="cpu")
     with pytest.raises(StoreMismatchError, match="model"):
         embed(open_volume(stack), other, path, compute=False)
