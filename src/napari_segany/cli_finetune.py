@@ -420,16 +420,11 @@ def _pair(item: _Input, model: SamModel, *, progress: bool) -> tuple[tuple[Any, 
     from .embeddings import EmbeddingStore
     from .model import same_encoder
 
-    mine = {
-        "architecture": model.architecture,
-        "sha256": model.sha256,
-        "encoder_sha256": model.encoder_sha256,
-    }
     labels = item.labels
     others = []
     for path in item.stores:
         store = EmbeddingStore.open(path)
-        if not same_encoder(store.signature.get("model", {}), mine):
+        if not same_encoder(store.signature.get("model", {}), model.identity):
             others.append(path.name)
             continue
         if item.fingerprint is not None:

@@ -65,12 +65,7 @@ def signature(volume: Volume, model: SamModel, grid: TileGrid) -> dict[str, Any]
     return {
         "format": FORMAT,
         "version": VERSION,
-        "model": {
-            "name": model.name,
-            "architecture": model.architecture,
-            "sha256": model.sha256,
-            "encoder_sha256": model.encoder_sha256,
-        },
+        "model": {"name": model.name, **model.identity},
         "preprocessing": {
             "limits": [float(v) for v in volume.limits],
             "input_size": model.image_size,

@@ -139,7 +139,8 @@ def finetune(
     model
         A :class:`SamModel`, or a name or checkpoint for :func:`load_model`.
     time_budget
-        Seconds of training, validations included (default: 180 on a CPU, 120 on a GPU).
+        Seconds of training, the checks of the model included (default: 240 on a CPU,
+        120 on a GPU).
     epochs
         Stop after this many passes over the training objects (default: the budget only).
     seed
@@ -179,6 +180,8 @@ def finetune(
         raise ValueError(f"epochs must be 1 or more, got {epochs}")
     if time_budget is not None and not time_budget > 0:
         raise ValueError(f"the time budget must be positive seconds, got {time_budget}")
+    if not 0.0 < validation < 1.0:  # said before a model is loaded or an image embedded
+        raise ValueError(f"the validation share must lie between 0 and 1, got {validation}")
     base = model if isinstance(model, SamModel) else load_model(model, device=device)
     if out is not None and base.checkpoint is None:
         raise ValueError(
@@ -269,17 +272,13 @@ def _open_pairs(
     from .evaluate import fit_labels, read_labels
     from .labels import LabelsStore
     from .model import same_encoder
+    from .volume import open_volume
 
     if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], tuple):
         pairs = [pairs]  # one pair given bare
     if not pairs:
         raise ValueError("give at least one (embeddings, labels) pair to learn from")
     stores, labels = [], []
-    mine = {
-        "architecture": model.architecture,
-        "sha256": model.sha256,
-        "encoder_sha256": model.encoder_sha256,
-    }
     for number, pair in enumerate(pairs, start=1):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ValueError(f"pair {number} is not an (embeddings, labels) pair: {pair!r}")
@@ -287,33 +286,26 @@ def _open_pairs(
         if isinstance(truth, LabelsStore):
             truth = truth.read()
         truth = read_labels(truth)
+        volume = None
         if isinstance(source, EmbeddingStore):
             store = source
-            if not same_encoder(store.signature["model"], mine):
+            if not same_encoder(store.signature["model"], model.identity):
                 raise ValueError(
                     f"pair {number}: the embeddings in {store.path or 'memory'} were computed "
                     f"with {store.signature['model'].get('name')!r}, whose image encoder "
                     f"{model.name!r} does not have: embed the image with {model.name!r}"
                 )
+            shape = (len(store), *store.grid.slice_shape)
         else:
-            store = None
-        shape = (len(store), *store.grid.slice_shape) if store is not None else None
-        if store is None:
-            from .volume import open_volume
-
             volume = open_volume(source)
             shape = (len(volume), *volume.slice_shape)
-            try:
-                stack = fit_labels(truth, shape)
-            except ValueError as err:
-                raise ValueError(f"pair {number}: {err}") from None
+        try:
+            stack = fit_labels(truth, shape)
+        except ValueError as err:
+            raise ValueError(f"pair {number}: {err}") from None
+        if volume is not None:  # embedded here, in memory: only the slices with objects
             wanted = [z for z in range(len(stack)) if stack[z].any()]
             store = embed(volume, model, None, slices=wanted, progress=progress)
-        else:
-            try:
-                stack = fit_labels(truth, shape)
-            except ValueError as err:
-                raise ValueError(f"pair {number}: {err}") from None
         stores.append(store)
         labels.append(stack)
     return stores, labels

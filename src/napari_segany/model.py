@@ -190,6 +190,16 @@ class SamModel:
         return self._sha256
 
     @property
+    def identity(self) -> dict[str, Any]:
+        """What decides whether embeddings fit this model: architecture, checkpoint sha256
+        and encoder sha256 (compare two with :func:`same_encoder`)."""
+        return {
+            "architecture": self.architecture,
+            "sha256": self.sha256,
+            "encoder_sha256": self.encoder_sha256,
+        }
+
+    @property
     def image_size(self) -> int:
         """Side of the square model input (1024)."""
         return self.net.image_size
@@ -301,11 +311,9 @@ class SamModel:
 def _with_base(checkpoint: Mapping[str, object], path: Path, progress: bool) -> dict:
     """A decoder-only file's parameters over those of its base model's checkpoint."""
     from .finetune_checkpoint import read_decoder_file
-    from .weights import resolve_checkpoint
+    from .weights import UnknownModelError, resolve_checkpoint
 
     base, tuned = read_decoder_file(checkpoint, path)
-    from .weights import UnknownModelError
-
     try:  # a registry model, fetched and verified; else the file it was tuned from
         base_path, _ = resolve_checkpoint(str(base["name"]), progress=progress)
     except UnknownModelError:

@@ -143,18 +143,12 @@ class Segmenter:
         known = (stored.get("encoder_sha256") and model.encoder_sha256) or (
             stored.get("sha256") is not None and model.sha256 is not None
         )
-        if known:
-            mine = {
-                "architecture": model.architecture,
-                "sha256": model.sha256,
-                "encoder_sha256": model.encoder_sha256,
-            }
-            if not same_encoder(stored, mine):
-                raise ValueError(
-                    f"the store was computed with model {stored['name']!r}, whose image "
-                    f"encoder {model.name!r} does not have: use the same model (or one "
-                    "tuned from it: a tuned decoder keeps its base's stores)"
-                )
+        if known and not same_encoder(stored, model.identity):
+            raise ValueError(
+                f"the store was computed with model {stored['name']!r}, whose image "
+                f"encoder {model.name!r} does not have: use the same model (or one "
+                "tuned from it: a tuned decoder keeps its base's stores)"
+            )
         self.model = model
         self.store = store
         self.refine = refine

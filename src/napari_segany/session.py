@@ -150,17 +150,12 @@ def _store_of_encoder(folder: Path, model: SamModel) -> Path | None:
 
     if (folder / embeddings_name(model.name) / "zarr.json").exists():
         return None
-    mine = {
-        "architecture": model.architecture,
-        "sha256": model.sha256,
-        "encoder_sha256": model.encoder_sha256,
-    }
     for path in sorted(folder.glob("embeddings-*.zarr")):
         try:
             stored = EmbeddingStore.open(path).signature.get("model", {})
         except (OSError, ValueError, KeyError):
             continue
-        if stored.get("encoder_sha256") and same_encoder(stored, mine):
+        if stored.get("encoder_sha256") and same_encoder(stored, model.identity):
             return path
     return None
 
