@@ -49,14 +49,32 @@ def choose_batch_size(
 
 def _prepare(
     volume: Volume, model: SamModel, grid: TileGrid, items: Sequence[tuple[int, int]]
-) -> torch.Tensor:
-    """Read, scale, resize, normalise and pad the tiles ``items`` = ``[(z, tile), ...]``."""
-    batch = torch.empty(len(items), 3, model.image_size, model.image_size)
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Read, scale and resize the tiles ``items`` = ``[(z, tile), ...]`` (on the CPU).
+
+    Returns the 8-bit pixels ``(B, 3, S, S)``, each resized tile at the top left, and each
+    one's resized ``(h, w)``: a quarter of the bytes of float32 to send to the device.
+    """
+    batch = torch.zeros(len(items), 3, model.image_size, model.image_size, dtype=torch.uint8)
+    sizes = []
     for i, (z, t) in enumerate(items):
         rgb = model_input(volume.model_slice(z, region=grid.windows[t]), model.image_size)
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-        batch[i] = model.net.normalize_and_pad(x)[0]
-    return batch
+        h, w = rgb.shape[:2]
+        batch[i, :, :h, :w] = torch.from_numpy(rgb).permute(2, 0, 1)
+        sizes.append((h, w))
+    return batch.pin_memory() if model.device.type == "cuda" else batch, sizes
+
+
+def _normalised(
+    model: SamModel, pixels: torch.Tensor, sizes: list[tuple[int, int]]
+) -> torch.Tensor:
+    """Normalise and zero-pad :func:`_prepare`'s pixels on the model's device."""
+    x = pixels.to(model.device, non_blocking=True).float()
+    x = (x - model.net.pixel_mean) / model.net.pixel_std
+    for i, (h, w) in enumerate(sizes):  # padding is zero after normalising
+        x[i, :, h:, :] = 0
+        x[i, :, :h, w:] = 0
+    return x
 
 
 def encode_tiles(
@@ -76,8 +94,8 @@ def encode_tiles(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segany-prefetch") as pool:
         pending = pool.submit(_prepare, volume, model, grid, batches[0])
         for i, batch_items in enumerate(batches):
-            prepared = pending.result()
+            pixels, sizes = pending.result()
             if i + 1 < len(batches):
                 pending = pool.submit(_prepare, volume, model, grid, batches[i + 1])
-            features = model.encode(prepared)
+            features = model.encode(_normalised(model, pixels, sizes))
             yield batch_items, features.to(torch.float16).cpu().numpy()
