@@ -46,9 +46,10 @@ def test_instance_f1_counts_matches_at_iou_one_half() -> None:
 # -- parameters -------------------------------------------------------------------------
 
 
-def test_default_parameters_are_sams() -> None:
+def test_default_parameters_are_sams_where_sam_has_them() -> None:
     p = AutomaticParams()
-    assert (p.points_per_side, p.points_per_batch) == (32, 64)
+    assert (p.mode, p.points_per_side, p.points_per_batch) == ("sparse", 32, None)
+    assert p.decoder_memory_mb == 256
     assert (p.pred_iou_threshold, p.stability_threshold, p.stability_offset) == (0.88, 0.95, 1.0)
     assert p.nms_threshold == 0.7
     assert p.to_dict()["link_iou"] == p.link_iou
@@ -330,7 +331,7 @@ def test_results_go_to_a_labels_store_with_unique_ids_across_slices(model, tmp_p
 def test_cancel_stops_between_batches_and_keeps_finished_slices(model) -> None:
     image, _ = nuclei_volume((8, 96, 96), seed=2)
     seg = Segmenter(model, sg.embed(sg.open_volume(image), model, compute=False, progress=False))
-    params = AutomaticParams(points_per_side=4)
+    params = AutomaticParams(points_per_side=4, points_per_batch=64)  # one batch a slice
     stopped = sg.segment_automatic(seg, params=params, cancel=lambda: True, progress=False)
     assert stopped.shape == (8, 96, 96) and not stopped.any()
     assert not seg.store.done().any()  # stopped before embedding anything

@@ -47,6 +47,9 @@ __all__ = [
     "segment_slice",
 ]
 
+#: The ways of choosing the points to decode (:attr:`AutomaticParams.mode`).
+MODES = ("seeded", "sparse", "grid")
+
 #: A candidate left with less than this fraction of its pixels once better objects are
 #: painted mostly duplicates them (e.g. the union of two nuclei): it is dropped.
 MIN_KEPT_FRACTION = 0.5
@@ -59,11 +62,29 @@ class AutomaticParams:
 
     Attributes
     ----------
+    mode
+        Which points are decoded (:mod:`napari_segany.automatic_plan`). ``"sparse"``:
+        grids coarse to fine, each point left out when what was found already explains
+        its pixel (an object found there, or background). ``"seeded"``: the centres of
+        blobs found in the image first (at most ``(n/2)**2``, the strongest), then the
+        same grids. ``"grid"``: every point of the ``n x n`` grid, as SAM does. Without
+        the image (a store opened without its volume) neither seeds nor the image's
+        background estimate are had, and only found objects are skipped.
     points_per_side
-        Grid of ``n x n`` point prompts per slice (per window on tiled slices). The cost
-        grows with ``n**2``: one decoder pass per point.
+        The finest grid: ``n x n`` point prompts per slice (per window on tiled slices).
+        With ``"grid"`` the cost grows with ``n**2``: one decoder pass per point.
     points_per_batch
-        Points decoded together in one decoder call.
+        Points decoded together in one decoder call; None: as many as
+        ``decoder_memory_mb`` allows.
+    decoder_memory_mb
+        Working memory of one decoder call, in MiB, when ``points_per_batch`` is None.
+    seed_radius
+        ``(smallest, largest)`` radius in pixels of the blobs looked for as seeds.
+    seed_polarity
+        ``"bright"``: seeds on blobs brighter than their surroundings (fluorescence);
+        ``"dark"``: darker (stained nuclei in bright field).
+        :func:`~napari_segany.automatic_learn.learn_params` sets both from the user's
+        objects.
     pred_iou_threshold
         Least predicted IoU (the decoder's own quality estimate) of a kept mask.
     stability_threshold
@@ -94,8 +115,12 @@ class AutomaticParams:
         Three candidates per point (whole, part, sub-part) as SAM does; False: one.
     """
 
+    mode: str = "sparse"
     points_per_side: int = 32
-    points_per_batch: int = 64
+    points_per_batch: int | None = None
+    decoder_memory_mb: int = 256
+    seed_radius: tuple[float, float] = (3.0, 64.0)
+    seed_polarity: str = "bright"
     pred_iou_threshold: float = 0.88
     stability_threshold: float = 0.95
     stability_offset: float = 1.0
@@ -109,8 +134,23 @@ class AutomaticParams:
     multimask: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("points_per_side", "points_per_batch"):
-            _check_int(name, getattr(self, name), low=1)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        _check_int("points_per_side", self.points_per_side, low=1)
+        if self.points_per_batch is not None:
+            _check_int("points_per_batch", self.points_per_batch, low=1)
+        _check_int("decoder_memory_mb", self.decoder_memory_mb, low=1)
+        if self.seed_polarity not in ("bright", "dark"):
+            polarity = self.seed_polarity
+            raise ValueError(f"seed_polarity must be 'bright' or 'dark', got {polarity!r}")
+        radius = self.seed_radius
+        if (
+            not isinstance(radius, tuple | list)
+            or len(radius) != 2
+            or not all(_is_number(r) and 0 < r < float("inf") for r in radius)
+            or radius[0] > radius[1]
+        ):
+            raise ValueError(f"seed_radius must be (smallest, largest) in pixels, got {radius!r}")
         for name in ("min_area", "max_hole_area", "edge_margin"):
             _check_int(name, getattr(self, name), low=0)
         for name in ("pred_iou_threshold", "stability_threshold"):
@@ -191,12 +231,16 @@ def segment_slice(
     z = _check_slice(z, len(segmenter.store))
     shape = segmenter.slice_shape
     grid = segmenter.store.grid
+    volume = segmenter.store.volume
     kept: list[Candidate] = []
     for tile, window in enumerate(grid.windows):
         if cancel is not None and cancel():  # before an embedding is perhaps computed
             raise SegmentationCancelled("automatic segmentation was cancelled")
+        image = None
+        if params.mode != "grid" and volume is not None:
+            image = volume.model_slice(z, window)
         found = window_candidates(
-            segmenter.model, segmenter.embedding(z, tile), window, shape, params, cancel
+            segmenter.model, segmenter.embedding(z, tile), window, shape, params, cancel, image
         )
         boxes = np.array([c.box for c in found]).reshape(-1, 4)
         order = box_nms(boxes, np.array([c.score for c in found]), params.nms_threshold)

@@ -14,7 +14,7 @@ by the stability offset so that the region also holds the looser of the two thre
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .automatic_plan import Plan, grid_points
 from .upscale import axis_map
 
 if TYPE_CHECKING:
@@ -77,17 +78,6 @@ class Candidate:
     def area(self) -> int:
         """Pixels in the mask."""
         return int(np.count_nonzero(self.mask))
-
-
-def grid_points(points_per_side: int, shape: tuple[int, int]) -> np.ndarray:
-    """``(n * n, 2)`` ``(y, x)`` points at the centres of an ``n x n`` grid of cells.
-
-    Row by row, as SAM places them, stretched to the window's height and width.
-    """
-    n = int(points_per_side)
-    centres = (np.arange(n) + 0.5) / n
-    ys, xs = np.meshgrid(centres * shape[0], centres * shape[1], indexing="ij")
-    return np.stack([ys.ravel(), xs.ravel()], axis=1)
 
 
 def stability_score(logits: np.ndarray, offset: float, threshold: float = 0.0) -> np.ndarray:
@@ -154,11 +144,6 @@ def _touches_inner_edge(
     )
 
 
-def _batches(points: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(points), size):
-        yield points[start : start + size]
-
-
 def window_candidates(
     model: SamModel,
     embedding: ImageEmbedding,
@@ -166,6 +151,7 @@ def window_candidates(
     slice_shape: tuple[int, int],
     params: AutomaticParams,
     cancel: Callable[[], bool] | None = None,
+    image: np.ndarray | None = None,
 ) -> list[Candidate]:
     """The candidates that pass the quality filters on one window, in slice pixels.
 
@@ -180,9 +166,13 @@ def window_candidates(
     slice_shape
         ``(Y, X)`` of the slice.
     params
-        Grid, batch size, thresholds, area limits and edge margin.
+        Grid, batch size, thresholds, area limits and edge margin; ``params.mode`` says
+        which points are decoded (:mod:`napari_segany.automatic_plan`).
     cancel
         Polled before each batch of points.
+    image
+        The window's pixels (``(h, w)`` or ``(h, w, 3)``), for the seeds and the
+        background hint; None: neither (``"seeded"`` runs as ``"sparse"``).
 
     Raises
     ------
@@ -191,10 +181,12 @@ def window_candidates(
     """
     height, width = embedding.original_size
     max_area = params.max_area_fraction * height * width
-    points = grid_points(params.points_per_side, (height, width))
     offset = params.stability_offset
+    plan = Plan.for_window(params, (height, width), image)
+    rows, cols = (-(-n // 4) for n in embedding.resized_size)  # the image on the 256 grid
+    size = params.points_per_batch or batch_size(embedding, params.decoder_memory_mb)
     found: list[Candidate] = []
-    for batch in _batches(points, params.points_per_batch):
+    for batch in plan.batches(size):
         if cancel is not None and cancel():
             raise SegmentationCancelled("automatic segmentation was cancelled")
         decoded = model.decode(
@@ -203,6 +195,7 @@ def window_candidates(
             labels=np.ones((len(batch), 1), dtype=np.int64),
             multimask=params.multimask,
         )
+        per_point = decoded.iou.shape[-1]
         scores = decoded.iou.float().reshape(-1).cpu().numpy()
         good = np.flatnonzero(scores >= params.pred_iou_threshold)
         if good.size == 0:
@@ -213,28 +206,44 @@ def window_candidates(
         # spares upscaling the clearly unstable and the far too large (most candidates
         # of a sparse image: a point in the background is answered with the background);
         # the stability and area that count are measured on window pixels
-        rows, cols = (-(-n // 4) for n in embedding.resized_size)
         inside = logits[:, :rows, :cols]
         rough_stability = stability_score(inside, offset)
         rough_fraction = np.count_nonzero(inside > 0, axis=(1, 2)) / (rows * cols)
         plausible = (rough_stability >= params.stability_threshold - ROUGH_STABILITY_MARGIN) & (
             rough_fraction <= params.max_area_fraction + ROUGH_AREA_MARGIN
         )
+        smallest: dict[int, Candidate] = {}  # per point, its smallest kept mask
         for k, logit in zip(good[plausible], logits[plausible], strict=True):
             candidate = _candidate(
                 logit + offset, float(scores[k]), model.image_size, embedding, offset
             )
             if candidate is None or candidate.stability < params.stability_threshold:
                 continue
-            (y0, x0, _, _), (by0, bx0, by1, bx1) = window, candidate.box
-            box = (by0 + y0, bx0 + x0, by1 + y0, bx1 + x0)
             area = candidate.area
             if area < params.min_area or area > max_area:
                 continue
+            (y0, x0, _, _), (by0, bx0, by1, bx1) = window, candidate.box
+            box = (by0 + y0, bx0 + x0, by1 + y0, bx1 + x0)
             if _touches_inner_edge(box, window, slice_shape, params.edge_margin):
                 continue
+            point = int(k) // per_point
+            if point not in smallest or area < smallest[point].area:
+                smallest[point] = candidate
             found.append(Candidate(box, candidate.mask, candidate.score, candidate.stability))
+        for candidate in smallest.values():
+            plan.found(candidate.box, candidate.mask)
     return found
+
+
+#: Bytes of working memory per point prompt in one decoder call, per image token (a
+#: 64 x 64 embedding has 4096): measured with MobileSAM's decoder on the CPU.
+BYTES_PER_PROMPT_TOKEN = 9000
+
+
+def batch_size(embedding: ImageEmbedding, memory_mb: float) -> int:
+    """Points per decoder call whose working memory stays within ``memory_mb`` MiB."""
+    per_point = BYTES_PER_PROMPT_TOKEN * int(np.prod(embedding.features.shape[-2:]))
+    return max(1, int(memory_mb * 2**20 // per_point))
 
 
 def _candidate(
