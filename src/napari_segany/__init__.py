@@ -37,6 +37,7 @@ _EXPORTS = {
     "link_slices": "automatic",
     "SliceLinker": "automatic",
     "AutomaticParams": "automatic",
+    "learn_params": "automatic_learn",
     "segment_files": "batch",
     "BatchResult": "batch",
     "read_prompts": "prompt_batch",
@@ -83,6 +84,7 @@ __all__ = [
     "evaluate_interactive",
     "fetch",
     "finetune",
+    "learn_params",
     "link_slices",
     "list_models",
     "load_model",
@@ -102,6 +104,7 @@ if TYPE_CHECKING:
         segment_automatic,
         segment_slice,
     )
+    from .automatic_learn import learn_params
     from .batch import BatchResult, segment_files
     from .device import choose_device
     from .embeddings import EmbeddingStore, NotEmbeddedError, StoreMismatchError, embed
