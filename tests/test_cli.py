@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from napari_segany import __version__, load_model, open_volume, weights
+from napari_segany.automatic import MODES, AutomaticParams, with_overrides
 from napari_segany.cli import main
 from napari_segany.finetune_data import MIN_OBJECTS
 from napari_segany.labels import LabelsStore
@@ -241,3 +244,59 @@ def test_finetune_learns_from_a_session_workspace(
     else:
         assert "nothing was written" in captured.out
         assert not out.exists()
+
+
+# -- segment ----------------------------------------------------------------------------
+
+
+def _segment_params(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *options: str
+) -> AutomaticParams:
+    """The parameters ``napari-segany segment`` gives the batch (which is not run)."""
+    import napari_segany.batch as batch
+
+    source = tmp_path / "stack.tif"
+    source.write_bytes(b"")  # only its existence is checked before the batch
+    named = inspect.signature(batch.segment_files).parameters
+    given: list[AutomaticParams] = []
+
+    def segment_files(*args: object, **kwargs: Any) -> list[object]:
+        overrides = {k: v for k, v in kwargs.items() if k not in named}
+        given.append(with_overrides(kwargs.get("params"), overrides))  # as segment_files does
+        return []
+
+    out = str(tmp_path / "out")
+    with monkeypatch.context() as patch:  # undone before the next call reads the signature
+        patch.setattr(batch, "segment_files", segment_files)
+        assert main(["segment", str(source), "--out", out, "--no-progress", *options]) == 0
+    (params,) = given
+    return params
+
+
+def test_segment_passes_mode_and_points_per_side_to_the_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = _segment_params(tmp_path, monkeypatch, "--mode", "seeded", "--points-per-side", "4")
+    assert (params.mode, params.points_per_side) == ("seeded", 4)
+    assert _segment_params(tmp_path, monkeypatch, "--mode", "grid").mode == "grid"
+    assert _segment_params(tmp_path, monkeypatch) == AutomaticParams()  # nothing given: defaults
+
+
+def test_segment_with_a_bad_mode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["segment", "stack.tif", "--out", "seg", "--mode", "dense"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --mode: invalid choice: 'dense'" in err
+    assert "Traceback" not in err
+
+
+def test_segment_help_offers_every_mode_with_the_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    offered = text.split("--mode {", 1)[1].split("}", 1)[0].split(",")
+    assert sorted(offered) == sorted(MODES)
+    assert f"(default: {AutomaticParams.mode})" in text

@@ -273,11 +273,25 @@ class SegmentAnythingWidget(QWidget):
         self.points_per_side.setRange(4, 64)
         self.points_per_side.setValue(AutomaticParams.points_per_side)
         self.points_per_side.setToolTip("Grid of point prompts per side of a slice (or tile)")
+        self.automatic_mode = QComboBox()
+        for text, mode in (
+            ("sparse (fast)", "sparse"),
+            ("seeded (blobs)", "seeded"),
+            ("full grid", "grid"),
+        ):
+            self.automatic_mode.addItem(text, mode)
+        self.automatic_mode.setCurrentIndex(self.automatic_mode.findData(AutomaticParams.mode))
+        self.automatic_mode.setToolTip(
+            "Which point prompts are decoded: sparse goes coarse to fine, skipping points inside "
+            "objects found or in the background (fast); seeded starts at the centres of bright "
+            "blobs; full grid decodes every point, as SAM does (slowest)"
+        )
         self.segment_slice_button = QPushButton("Segment this slice")
         self.segment_volume_button = QPushButton("Segment the volume")
         self.segment_slice_button.clicked.connect(self.segment_slice)
         self.segment_volume_button.clicked.connect(self.segment_volume)
         automatic = QFormLayout()
+        automatic.addRow("Prompts", self.automatic_mode)
         automatic.addRow("Points per side", self.points_per_side)
         automatic.addRow(self.segment_slice_button)
         automatic.addRow(self.segment_volume_button)
@@ -680,7 +694,9 @@ class SegmentAnythingWidget(QWidget):
     def _segment_automatically(self, z: int | None) -> None:
         if self.session is None or self._busy():
             return
-        params = AutomaticParams(points_per_side=self.points_per_side.value())
+        params = AutomaticParams(
+            mode=self.automatic_mode.currentData(), points_per_side=self.points_per_side.value()
+        )
         worker = self._task_worker(
             self.session.segment_automatically,
             z,

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = ["add_segment", "segment"]
 
+#: ``--mode``: AutomaticParams' modes, default first (not imported from .automatic, which
+#: pulls in scipy; a test keeps the two in step).
+_MODES = ("sparse", "seeded", "grid")
+
 
 def add_segment(commands: argparse._SubParsersAction) -> None:
     """Add the ``segment`` subcommand to the ``napari-segany`` parser."""
@@ -68,6 +72,12 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         type=_positive,
         help="grid of N x N point prompts per slice (default: 32)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=_MODES,
+        help="which prompts are decoded: sparse skips what is already found (fast), seeded "
+        "starts at bright blobs, grid decodes every point (default: sparse)",
     )
     parser.add_argument(
         "--no-link", action="store_true", help="keep each slice's objects apart (2D stacks)"
@@ -137,7 +147,11 @@ def segment(args: argparse.Namespace) -> int:
         return _error(exc)
     where = {None: "this process", "local": "a local dask cluster"}.get(client, client)
     print(f"segmenting {len(sources)} volume(s) into {args.out} with {args.model} on {where}")
-    overrides = {} if args.points_per_side is None else {"points_per_side": args.points_per_side}
+    overrides = {
+        key: value
+        for key, value in (("points_per_side", args.points_per_side), ("mode", args.mode))
+        if value is not None
+    }
     stop = threading.Event()
     with _stop_on_ctrl_c(stop):
         try:

@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from napari_segany import LabelsStore
 from napari_segany._widget import SHORTCUTS, SegmentAnythingWidget, slice_ranges
+from napari_segany.automatic import AutomaticParams
 from napari_segany.propagate import PropagationCancelled
 from napari_segany.sample_data import coins, nuclei_volume
 
@@ -499,6 +500,8 @@ def test_segment_this_slice_automatically(qtbot, viewer_with_nuclei: Viewer, nuc
         _start(qtbot, widget, "nuclei")
         z = widget._current_z()
         widget.points_per_side.setValue(12)
+        assert widget.automatic_mode.currentData() == AutomaticParams.mode
+        widget.automatic_mode.setCurrentIndex(widget.automatic_mode.findData("grid"))
         widget.segment_slice()
         qtbot.waitUntil(lambda: widget._automatic_worker is None, timeout=3 * WAIT)
         found = np.asarray(widget.labels_layer.data[z])
@@ -508,9 +511,11 @@ def test_segment_this_slice_automatically(qtbot, viewer_with_nuclei: Viewer, nuc
         nuclei_here = np.unique(truth[z][truth[z] > 0])
         hits = sum(_iou(found == i, truth[z] == truth[z][found == i].max()) > 0.5 for i in ids)
         assert hits >= 0.5 * len(nuclei_here)
-        assert [e["record"]["method"] for e in widget.session.labels.log()] == ["automatic"] * len(
-            ids
-        )
+        log = widget.session.labels.log()
+        assert [e["record"]["method"] for e in log] == ["automatic"] * len(ids)
+        assert {
+            (e["record"]["params"]["mode"], e["record"]["params"]["points_per_side"]) for e in log
+        } == {("grid", 12)}
     finally:
         widget.close_session()
 
