@@ -115,3 +115,31 @@ def test_a_session_previews_commits_all_or_nothing_and_replays(
         replay(session.labels.log(), session.segmenter), session.labels.read()
     )
     session.close()
+
+
+@pytest.mark.slow
+def test_automatic_segmentation_follows_the_objects_labelled_by_hand(
+    model: sg.SamModel, tmp_path: Path
+) -> None:
+    image, truth = nuclei_volume((8, 128, 128))
+    session = Session.open(sg.open_volume(image), model, workspace=tmp_path / "ws")
+    z = int(np.argmax([len(np.unique(s[s > 0])) for s in truth]))
+    ids, counts = np.unique(truth[z][truth[z] > 0], return_counts=True)
+    assert len(ids) >= 4  # three to label by hand, the rest to find
+    hand = ids[np.argsort(counts)[::-1][:3]]
+    params = sg.AutomaticParams(points_per_side=8)
+    for label in hand[:2]:
+        session.labels.commit(truth[z] == label, z=z)
+    with pytest.raises(ValueError, match="at least 3"):
+        session.segment_automatically(z, follow_labels=True, params=params)
+    assert len(session.labels.log()) == 2  # nothing was segmented
+    session.labels.commit(truth[z] == hand[2], z=z)
+    before = session.labels.read()
+
+    new = session.segment_automatically(z, follow_labels=True, params=params)
+    after = session.labels.read()
+    np.testing.assert_array_equal(after[before > 0], before[before > 0])  # kept
+    assert new and set(np.unique(after[z])) >= set(new)
+    records = [e["record"] for e in session.labels.log() if e["id"] in new]
+    assert {r["params"]["mode"] for r in records} == {"seeded"}
+    session.close()

@@ -162,6 +162,7 @@ class SegmentAnythingWidget(QWidget):
         self._closed = False
         self._decode_generation = 0
         self._automatic_worker: FunctionWorker | None = None
+        self._automatic_follows = False  # the running segmentation follows the labels
         self._propagating_z = 0
         self._propagate_generation = 0
         self._finetune_worker: FunctionWorker | None = None
@@ -286,6 +287,11 @@ class SegmentAnythingWidget(QWidget):
             "objects found or in the background (fast); seeded starts at the centres of bright "
             "blobs; full grid decodes every point, as SAM does (slowest)"
         )
+        self.follow_labels = QCheckBox("Follow my objects")
+        self.follow_labels.setToolTip(
+            "Look for objects like the ones already labelled: their size and brightness; "
+            "needs at least 3"
+        )
         self.segment_slice_button = QPushButton("Segment this slice")
         self.segment_volume_button = QPushButton("Segment the volume")
         self.segment_slice_button.clicked.connect(self.segment_slice)
@@ -293,6 +299,7 @@ class SegmentAnythingWidget(QWidget):
         automatic = QFormLayout()
         automatic.addRow("Prompts", self.automatic_mode)
         automatic.addRow("Points per side", self.points_per_side)
+        automatic.addRow(self.follow_labels)
         automatic.addRow(self.segment_slice_button)
         automatic.addRow(self.segment_volume_button)
         automatic_box = QGroupBox("Automatic")
@@ -697,10 +704,12 @@ class SegmentAnythingWidget(QWidget):
         params = AutomaticParams(
             mode=self.automatic_mode.currentData(), points_per_side=self.points_per_side.value()
         )
+        self._automatic_follows = follow = self.follow_labels.isChecked()
         worker = self._task_worker(
             self.session.segment_automatically,
             z,
             params=params,
+            follow_labels=follow,
             total=1 if z is not None else len(self.session.volume),
             message="Segmenting automatically: {} of {} slice(s) done.".format,
             returned=self._segmented,
@@ -720,7 +729,13 @@ class SegmentAnythingWidget(QWidget):
 
     def _automatic_failed(self, err: Exception) -> None:
         self._end_task()
-        self._report("automatic segmentation failed", err)
+        if self._closed:
+            return
+        if self._automatic_follows and isinstance(err, ValueError):  # too few objects: one line
+            line = " ".join(str(err).split()).rstrip(".")
+            self.status.setText(f"Cannot follow your objects: {line}.")
+        else:
+            self._report("automatic segmentation failed", err)
 
     def _automatic_finished(self) -> None:
         self._automatic_worker = None

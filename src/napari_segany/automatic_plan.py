@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import ndimage
 
 from .automatic_image import background_hint, blob_seeds
 
@@ -63,6 +62,35 @@ def grid_rounds(points_per_side: int, shape: tuple[int, int]) -> list[np.ndarray
     sides = [points_per_side // 4, points_per_side // 2, points_per_side]
     sides = sorted({s for s in sides if s >= COARSEST} | {points_per_side})
     return [grid_points(s, shape) for s in sides]
+
+
+def _summed(mask: np.ndarray) -> np.ndarray:
+    """Summed-area table of ``mask``, with a leading row and column of zeros."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1, out=table[1:, 1:])
+    return table
+
+
+def in_opening(mask: np.ndarray, size: int, pixels: np.ndarray) -> np.ndarray:
+    """Whether each ``(y, x)`` pixel lies in ``mask`` opened by a ``size x size`` square:
+    in some ``size x size`` square that lies wholly in ``mask`` (and in the image).
+
+    Two summed-area tables instead of the opening itself: which squares are full, then
+    whether any full square covers each pixel; a few milliseconds for a 1024 x 1024 mask.
+    """
+    h, w = mask.shape
+    if size > min(h, w):
+        return np.zeros(len(pixels), dtype=bool)
+    t = _summed(mask)
+    full = (t[size:, size:] - t[:-size, size:] - t[size:, :-size] + t[:-size, :-size]) == size**2
+    f = _summed(full)  # full[i, j]: the square whose top-left corner is (i, j)
+    ys, xs = pixels[:, 0], pixels[:, 1]
+    # the squares covering (y, x) have corners in [y - size + 1, y] x [x - size + 1, x]
+    y0 = np.clip(ys - size + 1, 0, full.shape[0])
+    y1 = np.clip(ys + 1, 0, full.shape[0])
+    x0 = np.clip(xs - size + 1, 0, full.shape[1])
+    x1 = np.clip(xs + 1, 0, full.shape[1])
+    return (f[y1, x1] - f[y0, x1] - f[y1, x0] + f[y0, x0]) > 0
 
 
 def _pixels(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -143,7 +171,7 @@ class Plan:
         if self.background is not None:
             open_ &= ~self.background
         if self.thinnest > 1:
-            open_ = ndimage.binary_opening(open_, structure=np.ones((self.thinnest,) * 2, bool))
+            return in_opening(open_, self.thinnest, np.stack([ys, xs], axis=1))
         return open_[ys, xs]
 
     def _check_hint(self) -> None:

@@ -405,16 +405,27 @@ class Session:
         params: Any = None,
         callback: Any = None,
         cancel: Any = None,
+        follow_labels: bool = False,
     ) -> list[int]:
         """Segment every object of slice ``z`` (None: the whole volume) without prompts.
 
         Objects go into the labels (voxels already labelled are kept) and the annotation
         log; missing embeddings are computed on the way (call it from a worker). Returns
         the new ids. See :func:`napari_segany.segment_automatic`.
+
+        ``follow_labels``: look for objects like the ones already in the labels ("segment
+        the rest"): the parameters are learnt from them by
+        :func:`napari_segany.automatic_learn.learn_params`, starting from ``params``
+        (seeded mode, at their scale and brightness). It raises ValueError, with a
+        one-line message, when fewer than 3 objects are labelled.
         """
         from .automatic import segment_automatic
 
         with self._write_lock:
+            if follow_labels:
+                from .automatic_learn import learn_params
+
+                params = learn_params(self.volume, self.labels.read(), params)
             known = {entry["id"] for entry in self.labels.log()}
             segment_automatic(
                 self.segmenter,

@@ -492,13 +492,29 @@ def test_labels_written_by_another_process_are_read_only(
         holder.close()
 
 
-def test_segment_this_slice_automatically(qtbot, viewer_with_nuclei: Viewer, nuclei) -> None:
+def test_segment_this_slice_automatically(
+    qtbot, viewer_with_nuclei: Viewer, nuclei, shown_errors
+) -> None:
     viewer = viewer_with_nuclei
     _, truth = nuclei
     widget = _open_widget(viewer)
     try:
         _start(qtbot, widget, "nuclei")
         z = widget._current_z()
+
+        # Following the objects labelled by hand needs 3 of them: none yet, one line says so.
+        assert widget.follow_labels.text() == "Follow my objects"
+        assert "at least 3" in widget.follow_labels.toolTip()
+        widget.follow_labels.setChecked(True)
+        widget.segment_slice()
+        qtbot.waitUntil(lambda: widget._automatic_worker is None, timeout=WAIT)
+        assert widget.status.text() == (
+            "Cannot follow your objects: 0 labelled object(s) to learn from; label at least 3."
+        )
+        assert shown_errors == []
+        assert widget.session.labels.log() == []
+        widget.follow_labels.setChecked(False)
+
         widget.points_per_side.setValue(12)
         assert widget.automatic_mode.currentData() == AutomaticParams.mode
         widget.automatic_mode.setCurrentIndex(widget.automatic_mode.findData("grid"))
