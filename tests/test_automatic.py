@@ -18,8 +18,9 @@ from scipy import ndimage
 import napari_segany as sg
 from napari_segany.automatic import AutomaticParams, paint, segment_slice
 from napari_segany.automatic_link import SliceLinker, link_slices, match_objects
-from napari_segany.automatic_masks import Candidate, clean_mask, grid_points, stability_score
+from napari_segany.automatic_masks import Candidate, clean_mask, stability_score
 from napari_segany.automatic_nms import box_iou, box_nms, mask_iou, mask_nms
+from napari_segany.automatic_plan import grid_points
 from napari_segany.automatic_write import StoreWriter
 from napari_segany.labels import LabelsStore
 from napari_segany.sample_data import nuclei_volume

@@ -1,7 +1,9 @@
-"""Candidate masks of one tile window from a grid of point prompts.
+"""Candidate masks of one tile window from point prompts.
 
-Every grid point is a one-click prompt; the decoder answers each with three candidate
-masks (whole, part, sub-part) and their predicted IoU. Candidates are kept when the
+The points come from the window's plan (:mod:`napari_segany.automatic_plan`: grids coarse
+to fine, perhaps seeds, each batch leaving out what the masks kept so far explain). Every
+point is a one-click prompt; the decoder answers each with three candidate masks (whole,
+part, sub-part) and their predicted IoU. Candidates are kept when the
 decoder rates them well (predicted IoU) and when they are *stable*: thresholding their
 logits a little higher or lower barely changes them (SAM's stability score). A kept
 candidate is cut to its bounding box and carried as that crop, so that hundreds of
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .automatic_plan import Plan, grid_points
+from .automatic_plan import Plan
 from .upscale import axis_map
 
 if TYPE_CHECKING:
@@ -43,7 +45,6 @@ __all__ = [
     "Candidate",
     "SegmentationCancelled",
     "clean_mask",
-    "grid_points",
     "stability_score",
     "window_candidates",
 ]
