@@ -313,10 +313,11 @@ def test_cells_filling_the_image_are_not_taken_for_background(model) -> None:
     assert matched(grid, labels) <= matched(sparse, labels)
 
 
-MEMORY_BOUND_MB = 512
+MEMORY_BOUND_MB = 600
 """What segmenting a 512 x 512 slice may add to the resident memory of a process that
-holds the model and the slice's embedding (decoder calls of 256 MiB by default, so twice
-that); measured 187-324 MB, and 2.9-3.1 GB with 64 points a call as before."""
+holds the model and the slice's embedding (decoder calls of 256 MiB by default); measured
+187-399 MB over runs (more on a busy machine), and 2.9-3.1 GB with 64 points a call as
+before."""
 
 MEASURE = """
 import sys

@@ -1,7 +1,9 @@
 """Automatic segmentation: every object of a slice or volume, without prompts.
 
-Per slice, and per tile window of a tiled slice (:mod:`.automatic_masks`): a grid of
-point prompts decoded in batches, candidates kept by predicted IoU and stability. Then
+Per slice, and per tile window of a tiled slice (:mod:`.automatic_masks`): point prompts
+where nothing is explained yet (:mod:`.automatic_plan`: grids coarse to fine, perhaps
+seeds from the image) decoded in batches sized by memory, candidates kept by predicted
+IoU and stability. Then
 duplicates are removed (:mod:`.automatic_nms`: box NMS per window, mask NMS across
 windows), islands and holes cleaned, and the candidates painted into instance labels,
 best first, so that each pixel belongs to at most one object. Through z, slice labels

@@ -71,7 +71,7 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
         "--points-per-side",
         metavar="N",
         type=_positive,
-        help="grid of N x N point prompts per slice (default: 32)",
+        help="the finest grid of N x N point prompts per slice (default: 32)",
     )
     parser.add_argument(
         "--mode",
