@@ -143,6 +143,27 @@ def test_embed_fills_a_store_beside_the_source_and_a_rerun_resumes(
 
 
 @pytest.mark.slow
+def test_a_slice_with_nan_pixels_is_one_line_and_the_slices_before_it_are_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = nuclei_volume((8, 64, 80))[0][:3].astype(np.float32)
+    image[1, 5, 5] = np.nan
+    source = tmp_path / "nan.tif"
+    tifffile.imwrite(source, image, photometric="minisblack")
+    code = main(["embed", str(source), "--no-progress", "--device", "cpu", "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "napari-segany: error: slice z=1 of" in err and "1 NaN or infinite value(s)" in err
+    assert "1 of 3 slice(s) embedded are kept" in err
+    assert EmbeddingStore.open(tmp_path / "nan.embeddings.zarr").done().tolist() == [
+        True,
+        False,
+        False,
+    ]
+
+
+@pytest.mark.slow
 def test_a_store_of_another_source_is_refused_untouched_until_recompute(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

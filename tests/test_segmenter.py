@@ -114,6 +114,13 @@ def test_candidates_cycle_and_refine(two_disks) -> None:
         ({"mask": np.zeros((64, 64), dtype=np.float32)}, "mask logits must be"),
         ({"mask": np.zeros((256, 256), dtype=np.float32)}, "logits refine a prompt"),
         ({"mask": np.zeros((240, 400), dtype=bool)}, "the mask is empty"),
+        ({"points": [(float("nan"), 10)], "labels": [1]}, r"points must be finite numbers"),
+        ({"points": [(10, float("inf"))], "labels": [1]}, r"points must be finite numbers"),
+        ({"points": [(10, 10, 10)], "labels": [1]}, r"points must be \(y, x\) pairs, got 3"),
+        ({"points": [("a", 10)], "labels": [1]}, r"points must be numbers \(y, x\) pairs"),
+        ({"points": [(1, 2), (3,)], "labels": [1, 1]}, r"points must be numbers"),
+        ({"box": (10, 10, 50)}, r"a box is 4 numbers \(y0, x0, y1, x1\), got 3"),
+        ({"box": (10, 10, float("nan"), 50)}, r"the box must be finite numbers"),
     ],
 )
 def test_bad_prompts_are_named(two_disks, kwargs: dict, message: str) -> None:
@@ -122,6 +129,23 @@ def test_bad_prompts_are_named(two_disks, kwargs: dict, message: str) -> None:
         seg.predict(**kwargs)
     with pytest.raises(IndexError, match="outside the volume"):
         seg.predict(z=3, points=[(10, 10)], labels=[1])
+
+
+@pytest.mark.parametrize(
+    ("z", "error", "message"),
+    [
+        (-1, IndexError, r"slice -1 is outside the volume's 1 slices \(0\.\.0\)"),
+        (1, IndexError, r"slice 1 is outside the volume's 1 slices"),
+        (0.0, TypeError, "z must be an integer slice index, got 0.0"),
+        (6.7, TypeError, "z must be an integer slice index, got 6.7"),
+        (True, TypeError, "z must be an integer slice index, got True"),
+    ],
+)
+def test_a_slice_index_is_a_whole_number_inside_the_volume(two_disks, z, error, message) -> None:
+    seg, _, _ = two_disks
+    with pytest.raises(error, match=message):
+        seg.predict(z=z, points=[(10, 10)], labels=[1])
+    assert seg.predict(z=np.int64(0), points=[(60, 90)], labels=[1]).mask.any()
 
 
 def test_prediction_on_a_tiled_slice_is_not_cut_at_the_tile_border(model: sg.SamModel) -> None:

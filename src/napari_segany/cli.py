@@ -416,8 +416,9 @@ def _fill(store: EmbeddingStore, model: SamModel, args: argparse.Namespace) -> i
             )
         except KeyboardInterrupt:  # a second Ctrl-C: stopped within the batch
             return _interrupted(store, before)
-        except OSError as exc:
-            return _error(exc)
+        except (OSError, ValueError) as exc:  # ValueError: a slice the model cannot see (NaN)
+            done = int(store.done().sum())
+            return _error(f"{exc} ({done} of {total} slice(s) embedded are kept)")
     if report.cancelled:
         return _interrupted(store, before)
     computed = len(report.computed)

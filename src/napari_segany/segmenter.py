@@ -122,6 +122,17 @@ class Prediction:
         return replace(self, index=(self.index + step) % len(self.scores))
 
 
+def _numbers(values: object, what: str, form: str) -> np.ndarray:
+    """``values`` as finite float64 numbers, or one line naming ``what`` is wrong."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be numbers {form}, got {values!r}") from None
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} must be finite numbers {form}, got {array.tolist()}")
+    return array
+
+
 class Segmenter:
     """Interactive segmentation of a volume's slices from their stored embeddings.
 
@@ -178,12 +189,18 @@ class Segmenter:
     def _check(self, z: int, prompt: Prompt) -> tuple[Prompt, tuple[float, float, float, float]]:
         """Validate a prompt; return it with arrays normalised, and its extent (a box)."""
         h, w = self.slice_shape
-        if not -len(self.store) <= z < len(self.store):
-            raise IndexError(f"slice {z} is outside the volume's {len(self.store)} slices")
+        depth = len(self.store)
+        if isinstance(z, bool) or not isinstance(z, int | np.integer):
+            raise TypeError(f"z must be an integer slice index, got {z!r}")
+        if not 0 <= z < depth:
+            raise IndexError(f"slice {z} is outside the volume's {depth} slices (0..{depth - 1})")
         points = labels = box = None
         extent: list[np.ndarray] = []
         if prompt.points is not None and len(prompt.points):
-            points = np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2)
+            points = _numbers(prompt.points, "points", "(y, x) pairs")
+            if points.size % 2:
+                raise ValueError(f"points must be (y, x) pairs, got {points.size} number(s)")
+            points = points.reshape(-1, 2)
             if prompt.labels is None:
                 raise ValueError("points need labels: 1 for positive, 0 for negative")
             labels = np.asarray(prompt.labels).reshape(-1)
@@ -199,7 +216,10 @@ class Segmenter:
                 )
             extent.append(points[labels == 1])
         if prompt.box is not None:
-            box = np.asarray(prompt.box, dtype=np.float64).reshape(4)
+            box = _numbers(prompt.box, "the box", "(y0, x0, y1, x1)")
+            if box.size != 4:
+                raise ValueError(f"a box is 4 numbers (y0, x0, y1, x1), got {box.size}")
+            box = box.reshape(4)
             clipped = np.clip(box, 0, [h, w, h, w])
             if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
                 raise ValueError(
@@ -268,9 +288,14 @@ class Segmenter:
 
         Raises
         ------
+        IndexError
+            ``z`` outside ``0..len(volume) - 1``.
+        TypeError
+            ``z`` that is not an integer.
         ValueError
-            Points outside the slice, a box with no area, no positive prompt, a mask of
-            the wrong shape.
+            Points outside the slice, points or a box that are not finite numbers or not
+            of their form (pairs; four numbers), a box with no area, no positive prompt,
+            a mask of the wrong shape.
         """
         prompt = Prompt(points, labels, box, mask)
         return self.predict_many(z, [prompt], multimask=multimask, refine=refine)[0]
