@@ -153,3 +153,28 @@ def test_bad_values_leave_what_was_there(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="scale must be"):
         LabelsStore.from_array(tmp_path / "c.zarr", objects(), scale=(1.0, 0.0, 1.0))
     assert siblings(path) == ["seg.zarr"]
+
+
+def test_a_killed_writers_staging_folder_is_removed_by_the_next_write(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from napari_segany.labels_import import _writer
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(done.stdout)
+    host = _writer().split("-")[0]
+    dead = tmp_path / f".seg.zarr.{host}-{dead_pid}-0123456789ab.partial"
+    live = tmp_path / f".seg.zarr.{_writer()}-ba9876543210.partial"  # this process: running
+    other = tmp_path / ".seg.zarr.ffffffff-1-0123456789ab.partial"  # another host's
+    for folder in (dead, live, other):
+        (folder / "labels").mkdir(parents=True)
+    LabelsStore.from_array(tmp_path / "seg.zarr", np.ones((2, 8, 8), dtype=np.uint8)).close()
+    assert not dead.exists()
+    assert live.exists() and other.exists()
+    assert LabelsStore.open(tmp_path / "seg.zarr").read().all()
