@@ -31,7 +31,12 @@ def object_region(mask: Any, z: int | None, shape: tuple[int, int, int]) -> tupl
         Wrong shape, values other than 0 and 1 (NaN included), z out of range or given
         with a 3D mask, or an empty mask.
     """
-    array = np.asarray(mask)
+    try:
+        array = np.asarray(mask)
+    except (TypeError, ValueError):  # ragged nested lists
+        raise TypeError(
+            f"mask must be a boolean array, got a ragged {type(mask).__name__}"
+        ) from None
     depth, height, width = shape
     if array.ndim == 2:
         if array.shape != (height, width):

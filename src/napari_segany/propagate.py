@@ -26,7 +26,7 @@ import torch
 from scipy import ndimage
 
 from .object_ends import MIN_CONTRAST, MIN_SIGNAL_RATIO, standout
-from .segmenter import Prompt
+from .segmenter import Prompt, _shown, real_array
 from .upscale import upscale_region
 
 if TYPE_CHECKING:
@@ -241,25 +241,35 @@ def propagate_objects(
         ``cancel`` returned True.
     """
     n = len(segmenter.store)
-    lo, hi = z_range if z_range is not None else (0, n - 1)
+    lo, hi = (0, n - 1) if z_range is None else _z_range(z_range)
     if not 0 <= lo <= hi < n:
-        raise ValueError(f"z_range {z_range} does not lie within the volume's {n} slices")
-    if direction not in ("both", "forward", "backward"):
-        raise ValueError(f"direction must be both, forward or backward, not {direction!r}")
-    if projection not in PROJECTIONS:
-        raise ValueError(f"unknown projection {projection!r}; use one of {', '.join(PROJECTIONS)}")
+        raise ValueError(f"z_range {_shown(z_range)} does not lie within the volume's {n} slices")
+    if not isinstance(direction, str) or direction not in ("both", "forward", "backward"):
+        raise ValueError(f"direction must be both, forward or backward, not {_shown(direction)}")
+    if not isinstance(projection, str) or projection not in PROJECTIONS:
+        raise ValueError(
+            f"unknown projection {_shown(projection)}; use one of {', '.join(PROJECTIONS)}"
+        )
+    if stop is not None and not isinstance(stop, StopRule):
+        raise TypeError(f"stop must be a StopRule or None, got {type(stop).__name__}")
     rule = stop or StopRule()
     shape = (n, *segmenter.slice_shape)
     results = [np.zeros(shape, dtype=bool) for _ in objects]
     runs: list[_Run] = []
     for i, marked in enumerate(objects):
+        if not isinstance(marked, Mapping):
+            raise TypeError(
+                f"object {i}: give its masks as {{z: mask}}, got {type(marked).__name__}"
+            )
         if not marked:
             raise ValueError(f"object {i} has no annotated slice")
         for z, mask in marked.items():
-            where = f"object {i}, slice {z}"
+            where = f"object {i}, slice {z!r}"
+            if isinstance(z, bool) or not isinstance(z, int | np.integer):
+                raise TypeError(f"{where}: a slice index must be an integer")
             if not 0 <= z < n:
                 raise ValueError(f"{where}: outside the volume's {n} slices")
-            mask = np.asarray(mask, dtype=bool)
+            mask = _boolean(mask, where)
             if mask.shape != segmenter.slice_shape:
                 raise ValueError(f"{where}: mask {mask.shape}, slices are {shape[1:]}")
             if not mask.any():
@@ -316,6 +326,25 @@ def propagate_objects(
         if callback is not None:
             callback(step, total)
     return results
+
+
+def _z_range(z_range: object) -> tuple[int, int]:
+    """``(first, last)`` slices, or one line naming what is wrong."""
+    try:
+        lo, hi = z_range  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ValueError(f"z_range must be (first, last) slices, got {_shown(z_range)}") from None
+    if any(isinstance(v, bool) or not isinstance(v, int | np.integer) for v in (lo, hi)):
+        raise TypeError(f"z_range must be two integer slices (first, last), got {_shown(z_range)}")
+    return int(lo), int(hi)
+
+
+def _boolean(mask: object, where: str) -> np.ndarray:
+    """An annotated mask as booleans: bool, or numbers where nonzero is inside (not NaN)."""
+    array = real_array(mask, f"{where}: the mask must be a boolean (Y, X) array")
+    if array.dtype.kind == "f" and np.isnan(array).any():
+        raise ValueError(f"{where}: the mask holds NaN")
+    return array if array.dtype == bool else array != 0
 
 
 def _settle(predictions: Sequence[Prediction]) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ on the model's device, and upscales only the chosen mask, only where it can be.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -124,12 +124,60 @@ class Prediction:
 
 def _numbers(values: object, what: str, form: str) -> np.ndarray:
     """``values`` as finite float64 numbers, or one line naming ``what`` is wrong."""
+    array: np.ndarray | None
     try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be numbers {form}, got {values!r}") from None
+        array = np.asarray(values)
+        if array.dtype.kind == "c" or (
+            array.dtype == object and any(v is None for v in array.flat)
+        ):
+            array = None  # the imaginary part would be dropped, None would become NaN
+        else:
+            array = array.astype(np.float64)
+    except (TypeError, ValueError, OverflowError):  # ragged, text, ints beyond float64
+        array = None
+    if array is None:
+        raise ValueError(f"{what} must be numbers {form}, got {_shown(values)}")
     if not np.isfinite(array).all():
-        raise ValueError(f"{what} must be finite numbers {form}, got {array.tolist()}")
+        raise ValueError(f"{what} must be finite numbers {form}, got {_shown(array)}")
+    return array
+
+
+def _shown(values: object, width: int = 120) -> str:
+    """``values`` for a one-line message: arrays as lists, whitespace collapsed, cut short."""
+    text = " ".join(repr(values.tolist() if isinstance(values, np.ndarray) else values).split())
+    return text if len(text) <= width else f"{text[: width - 4]} ..."
+
+
+def _flag(value: object, name: str) -> bool | None:
+    """``value`` as True, False or None (NumPy booleans included), or a TypeError."""
+    if value is None or isinstance(value, bool | np.bool_):
+        return None if value is None else bool(value)
+    raise TypeError(f"{name} must be True, False or None, got {_shown(value)}")
+
+
+def _mask_array(mask: object) -> np.ndarray | torch.Tensor | None:
+    """A mask prompt as a boolean array (a mask drawn on the slice) or real logits."""
+    if mask is None:
+        return None
+    if isinstance(mask, torch.Tensor):
+        if mask.dtype == torch.bool:
+            return mask.cpu().numpy()
+        if mask.is_complex():
+            raise TypeError(f"mask logits must be real numbers, got a tensor of {mask.dtype}")
+        return mask
+    return real_array(mask, "the mask must be a boolean (Y, X) array or (256, 256) logits")
+
+
+def real_array(values: object, requirement: str) -> np.ndarray:
+    """``values`` as a NumPy array of booleans or real numbers, or a TypeError that says
+    ``requirement`` and what was given (ragged lists, text, complex numbers)."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):  # ragged nested lists
+        array = None
+    if array is None or array.dtype.kind not in "biuf":
+        kind = type(values).__name__ if array is None else f"dtype {array.dtype}"
+        raise TypeError(f"{requirement}, got {kind}")
     return array
 
 
@@ -186,28 +234,36 @@ class Segmenter:
         self._kept[key] = embedding
         return embedding
 
-    def _check(self, z: int, prompt: Prompt) -> tuple[Prompt, tuple[float, float, float, float]]:
-        """Validate a prompt; return it with arrays normalised, and its extent (a box)."""
-        h, w = self.slice_shape
+    def _check_z(self, z: int) -> None:
         depth = len(self.store)
         if isinstance(z, bool) or not isinstance(z, int | np.integer):
-            raise TypeError(f"z must be an integer slice index, got {z!r}")
+            raise TypeError(f"z must be an integer slice index, got {_shown(z)}")
         if not 0 <= z < depth:
             raise IndexError(f"slice {z} is outside the volume's {depth} slices (0..{depth - 1})")
+
+    def _check(self, prompt: Prompt) -> tuple[Prompt, tuple[float, float, float, float]]:
+        """Validate a prompt; return it with arrays normalised, and its extent (a box)."""
+        h, w = self.slice_shape
         points = labels = box = None
         extent: list[np.ndarray] = []
-        if prompt.points is not None and len(prompt.points):
-            points = _numbers(prompt.points, "points", "(y, x) pairs")
-            if points.size % 2:
-                raise ValueError(f"points must be (y, x) pairs, got {points.size} number(s)")
-            points = points.reshape(-1, 2)
+        given = None if prompt.points is None else _numbers(prompt.points, "points", "(y, x) pairs")
+        if given is not None and given.size:
+            # (N, 2), or one (y, x) pair; a napari 3D layer's (N, 3) points are refused
+            if given.ndim not in (1, 2) or given.shape[-1] != 2:
+                raise ValueError(
+                    f"points must be (y, x) pairs, got {given.size} number(s) of shape "
+                    f"{given.shape}"
+                )
+            points = given.reshape(-1, 2)
             if prompt.labels is None:
                 raise ValueError("points need labels: 1 for positive, 0 for negative")
-            labels = np.asarray(prompt.labels).reshape(-1)
+            labels = _numbers(prompt.labels, "point labels", "(1 or 0 per point)").reshape(-1)
             if labels.shape[0] != points.shape[0]:
                 raise ValueError(f"{points.shape[0]} points but {labels.shape[0]} labels")
             if not np.isin(labels, (0, 1)).all():
-                raise ValueError(f"point labels must be 1 or 0, got {np.unique(labels).tolist()}")
+                wrong = ", ".join(f"{v:g}" for v in np.unique(labels[~np.isin(labels, (0, 1))]))
+                raise ValueError(f"point labels must be 1 or 0, got {wrong}")
+            labels = labels.astype(np.int64)
             outside = (points < 0).any(axis=1) | (points[:, 0] >= h) | (points[:, 1] >= w)
             if outside.any():
                 raise ValueError(
@@ -227,7 +283,7 @@ class Segmenter:
                 )
             box = clipped
             extent.append(box.reshape(2, 2))
-        mask = prompt.mask
+        mask = _mask_array(prompt.mask)
         has_positive = labels is not None and bool((labels == 1).any())
         if isinstance(mask, np.ndarray) and mask.dtype == bool:
             if mask.shape != (h, w):
@@ -242,11 +298,14 @@ class Segmenter:
                 # together with its bounding box
                 box = bbox
         elif mask is not None:
-            if tuple(mask.shape[-2:]) != (256, 256):
+            if tuple(mask.shape) not in ((256, 256), (1, 256, 256)):
                 raise ValueError(
                     f"mask logits must be (256, 256), got {tuple(mask.shape)}; pass a boolean "
                     f"({h}, {w}) mask for a mask drawn on the slice"
                 )
+            finite = torch.isfinite(mask) if isinstance(mask, torch.Tensor) else np.isfinite(mask)
+            if not finite.all():
+                raise ValueError("mask logits must be finite numbers, got NaN or infinity")
             if box is None and not has_positive:
                 raise ValueError(
                     "low-resolution logits refine a prompt: give points or a box with them"
@@ -291,11 +350,13 @@ class Segmenter:
         IndexError
             ``z`` outside ``0..len(volume) - 1``.
         TypeError
-            ``z`` that is not an integer.
+            ``z`` that is not an integer, ``multimask`` or ``refine`` that is not a
+            boolean, a mask that is not an array of booleans or real numbers.
         ValueError
-            Points outside the slice, points or a box that are not finite numbers or not
-            of their form (pairs; four numbers), a box with no area, no positive prompt,
-            a mask of the wrong shape.
+            Points outside the slice, points, labels or a box that are not finite numbers
+            or not of their form (``(N, 2)`` pairs, 1 or 0 per point, four numbers), a box
+            with no area, no positive prompt, a mask of the wrong shape, logits that are
+            not finite.
         """
         prompt = Prompt(points, labels, box, mask)
         return self.predict_many(z, [prompt], multimask=multimask, refine=refine)[0]
@@ -310,9 +371,20 @@ class Segmenter:
     ) -> list[Prediction]:
         """Segment several objects on slice ``z``; prompts of the same kind on the same
         window are decoded in one batched call (see :meth:`predict`).
+
+        ``prompts`` is a list (or tuple) of :class:`Prompt`; anything else is a TypeError.
         """
-        refine = self.refine if refine is None else refine
-        checked = [self._check(z, p) for p in prompts]
+        self._check_z(z)
+        multimask = _flag(multimask, "multimask")
+        refine = self.refine if refine is None else _flag(refine, "refine")
+        if isinstance(prompts, Prompt) or not isinstance(prompts, Sequence):
+            raise TypeError(f"prompts must be a list of Prompt, got {type(prompts).__name__}")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, Prompt):
+                raise TypeError(
+                    f"prompts must be Prompt objects; prompt {i} is a {type(p).__name__}"
+                )
+        checked = [self._check(p) for p in prompts]
         grid = self.store.grid
         windows = [grid.window_for_box(extent) for _, extent in checked]
         results: list[Prediction | None] = [None] * len(prompts)
@@ -388,9 +460,11 @@ class Segmenter:
                 mask[y0:y1, x0:x1], embedding.resized_size, self.model.image_size
             )
             return torch.from_numpy(local).to(self.model.device)
-        return torch.as_tensor(mask, dtype=torch.float32, device=self.model.device).reshape(
-            256, 256
-        )
+        if isinstance(mask, np.ndarray):  # copied: a read-only array cannot back a tensor
+            return torch.tensor(mask, dtype=torch.float32, device=self.model.device).reshape(
+                256, 256
+            )
+        return mask.to(self.model.device, torch.float32).reshape(256, 256)
 
     def propagate(
         self,
@@ -420,8 +494,14 @@ class Segmenter:
         numpy.ndarray
             Boolean ``(Z, Y, X)``.
         """
+        if annotations is not None and not isinstance(annotations, Mapping):
+            raise TypeError(
+                f"annotations must be a dict {{z: mask}}, got {type(annotations).__name__}"
+            )
         marked = dict(annotations or {})
         if mask is not None:
+            if z is not None and (isinstance(z, bool) or not isinstance(z, int | np.integer)):
+                raise TypeError(f"z must be an integer slice index, got {_shown(z)}")
             marked[0 if z is None else z] = mask
         if not marked:
             raise ValueError("give the object's mask on a slice (z=..., mask=...) or annotations")
