@@ -421,7 +421,7 @@ def stages(model: SamModel, volume: Volume, batch: int, work: Path) -> dict[str,
         seconds["pack"] += time.perf_counter() - t0
         # and as a whole, as the prefetch thread runs it
         t0 = time.perf_counter()
-        engine_pixels, engine_sizes = engine._prepare(volume, model, grid, chunk)
+        engine_pixels, engine_sizes, _ = engine._prepare(volume, model, grid, chunk)
         prep_per_batch.append(time.perf_counter() - t0)
         if engine_sizes != sizes or not torch.equal(engine_pixels, pixels):
             raise RuntimeError(

@@ -159,7 +159,7 @@ def test_a_killed_writers_staging_folder_is_removed_by_the_next_write(tmp_path) 
     import subprocess
     import sys
 
-    from napari_segany.labels_import import _writer
+    from napari_segany.staging import _writer
 
     done = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],

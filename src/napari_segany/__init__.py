@@ -51,12 +51,17 @@ _EXPORTS = {
     "FinetuneReport": "finetuning",
     "FinetuneCancelled": "finetuning",
     "PropagationCancelled": "propagate",
+    "check_store": "store_check",
+    "CheckReport": "store_check",
+    "DamagedChunkError": "damage",
 }
 
 __all__ = [
     "AutomaticParams",
     "BatchResult",
+    "CheckReport",
     "CheckpointError",
+    "DamagedChunkError",
     "EmbeddingStore",
     "FinetuneCancelled",
     "FinetuneReport",
@@ -78,6 +83,7 @@ __all__ = [
     "Volume",
     "WeightsError",
     "__version__",
+    "check_store",
     "choose_device",
     "embed",
     "evaluate_in_3d",
@@ -106,6 +112,7 @@ if TYPE_CHECKING:
     )
     from .automatic_learn import learn_params
     from .batch import BatchResult, segment_files
+    from .damage import DamagedChunkError
     from .device import choose_device
     from .embeddings import EmbeddingStore, NotEmbeddedError, StoreMismatchError, embed
     from .evaluate import (
@@ -120,6 +127,7 @@ if TYPE_CHECKING:
     from .prompt_batch import read_prompts, segment_with_prompts
     from .propagate import PropagationCancelled, StopRule
     from .segmenter import Prediction, Prompt, Segmenter
+    from .store_check import CheckReport, check_store
     from .volume import Volume, open_volume
     from .weights import UnknownModelError, WeightsError, fetch, list_models
 

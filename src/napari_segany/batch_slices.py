@@ -10,23 +10,28 @@ Layout of the zarr v3 group ``<name>.slices.zarr``::
 Every slice has chunks of its own, so processes on any machine write their slices at
 once without conflict. Chunk writes are atomic (a temporary file renamed) and a slice is
 marked done after its labels, so a run killed at any moment leaves each slice done and
-valid, or not done: the next run segments only the others.
+valid, or not done: the next run segments only the others. Every chunk ends in a CRC-32C
+checksum (:mod:`.damage`); a slice whose labels or flag are damaged counts as not done.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
-import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from . import damage
+from .argument_errors import Fix, Setting
 from .automatic import AutomaticParams
 from .embeddings import StoreMismatchError
+from .staging import remove_leftovers, staging_path
 
 __all__ = ["SliceStore", "slice_signature"]
 
@@ -163,24 +168,58 @@ class SliceStore:
         if not recompute:
             raise StoreMismatchError(
                 f"the slices in {str(path)!r} were segmented otherwise: {'; '.join(diffs)}. "
-                "Nothing was changed. Recompute them (recompute=True, or --recompute on the "
-                "command line), or choose another output folder."
+                "Nothing was changed",
+                fix=Fix(
+                    (Setting("recompute"),),
+                    then=" to recompute them, or choose another output folder",
+                ),
             )
         shutil.rmtree(path)
         _create_atomically(path, signature)
         return cls.open(path)
 
     def done(self) -> np.ndarray:
-        """Boolean ``(Z,)``: which slices are segmented."""
-        return self._done[:].astype(bool)
+        """Boolean ``(Z,)``: which slices are segmented (a damaged flag reads as not)."""
+        return damage.flags(self._done)
 
-    def missing(self) -> list[int]:
-        """The slices not segmented yet, in order."""
+    def missing(self, *, verify: bool = False) -> list[int]:
+        """The slices not segmented yet, in order.
+
+        With ``verify``, every done slice's labels are read back first, and those damaged
+        are marked not done (so they are segmented again).
+        """
+        if verify:
+            self.forget(self.damaged())
         return [int(z) for z in np.flatnonzero(~self.done())]
+
+    def damaged(self) -> dict[int, str]:
+        """The slices whose labels or done flag are damaged, and why."""
+        out = {
+            z: f"its done flag is damaged: {why}" for (z,), why in damage.damaged_chunks(self._done)
+        }
+        rows, cols = damage.grid_shape(self._labels)[1:]
+        chunks = [
+            (int(z), r, c)
+            for z in np.flatnonzero(self.done())
+            for r in range(rows)
+            for c in range(cols)
+        ]
+        for (z, *_), why in damage.damaged_chunks(self._labels, chunks):
+            out.setdefault(z, f"its labels are damaged: {why}")
+        return dict(sorted(out.items()))
+
+    def forget(self, slices: Iterable[int]) -> None:
+        """Mark ``slices`` not segmented (their chunks deleted), so that the next run
+        segments them again."""
+        rows, cols = damage.grid_shape(self._labels)[1:]
+        for z in slices:
+            damage.discard(self._done, (z,))
+            for r, c in itertools.product(range(rows), range(cols)):
+                damage.discard(self._labels, (z, r, c))
 
     def is_done(self, z: int) -> bool:
         """Whether slice ``z`` is segmented."""
-        return bool(self._done[z])
+        return damage.flag(self._done, z)
 
     def write(self, z: int, labels: np.ndarray) -> None:
         """Store slice ``z``'s labels, then mark it done."""
@@ -192,7 +231,10 @@ class SliceStore:
 
     def read(self, z: int) -> np.ndarray:
         """Slice ``z``'s labels (slice-local ids; zeros for a slice not done)."""
-        return np.asarray(self._labels[z])
+        hint = f"`napari-segany check --repair {self.path}` segments it again"
+        return np.asarray(
+            damage.read(self._labels, z, store=f"the slice store {self.path}", hint=hint)
+        )
 
     @property
     def linked(self) -> dict[str, Any] | None:
@@ -212,7 +254,8 @@ def _create_atomically(path: Path, signature: dict[str, Any]) -> None:
     """Build the store beside ``path`` and rename it into place in one step, so that other
     processes see no store or a complete one (another process winning the race is fine)."""
     depth, height, width = (int(n) for n in signature["source"]["shape"])
-    staging = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    remove_leftovers(path)
+    staging = staging_path(path)
     try:
         group = zarr.open_group(staging, mode="w-")
         group.create_array(
@@ -220,9 +263,10 @@ def _create_atomically(path: Path, signature: dict[str, Any]) -> None:
             shape=(depth, height, width),
             chunks=(1, min(height, _CHUNK), min(width, _CHUNK)),
             dtype="uint32",
+            compressors=damage.default_compressors(),
             fill_value=0,
         )
-        group.create_array("done", shape=(depth,), chunks=(1,), dtype="uint8", fill_value=0)
+        damage.create_done_flags(group, depth)
         group.attrs.update(signature)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():

@@ -8,7 +8,7 @@ volume once its last slice is in, and makes one :class:`BatchResult` per source.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
@@ -56,6 +56,9 @@ class BatchResult:
         Time spent on this source, linking included.
     error
         What went wrong, for a failed source.
+    exception
+        The exception behind ``error``, for front ends that word it themselves (the
+        command line names its options and the user's paths).
     """
 
     source: Path
@@ -68,6 +71,7 @@ class BatchResult:
     objects: int = 0
     seconds: float = 0.0
     error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -145,6 +149,8 @@ class BatchState:
         slices = SliceStore.open_or_create(plan.slices, signature, recompute=recompute)
         self._stores[i], self._depth[i] = slices, len(slices)
         todo = slices.missing()
+        if todo or not self._up_to_date(slices, plan):
+            todo = slices.missing(verify=True)  # linking reads them all: damaged ones again
         self._reused[i], self._segmented[i] = len(slices) - len(todo), 0
         if not todo and self._up_to_date(slices, plan):
             if self.tiff and not plan.tiff.exists():
@@ -224,7 +230,9 @@ class BatchState:
     def _fail(self, i: int, error: BaseException) -> None:
         known = (OSError, ValueError, TypeError, LookupError)
         message = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
-        self._results[i] = self._result(i, FAILED, error=message or type(error).__name__)
+        self._results[i] = self._result(
+            i, FAILED, error=message or type(error).__name__, exception=error
+        )
 
     def _result(self, i: int, status: str, **fields: Any) -> BatchResult:
         plan = self.plans[i]

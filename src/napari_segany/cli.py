@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.metadata
 import os
 import platform
@@ -16,10 +17,13 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__, weights
+from .argument_errors import ArgumentError
 from .weights import UnknownModelError, WeightsError
 
 if TYPE_CHECKING:
@@ -30,6 +34,9 @@ if TYPE_CHECKING:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
+    Every error is one line on stderr, ``napari-segany: error: ...``, in the command's
+    own words (its options, the user's paths); ``--debug`` lets the traceback through.
+
     Parameters
     ----------
     argv : sequence of str, optional
@@ -38,21 +45,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0 on success, 1 on an error the user can fix, 130 when
-        interrupted.
+        The exit status: 0 on success, 1 on an error, 130 when interrupted.
     """
     args = _parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    token = _RUN.set(_Run(options=getattr(args, "options", {}), debug=args.debug))
     try:
         return handler(args)
-    except (WeightsError, UnknownModelError) as exc:
-        # Expected failures (no network, bad checksum, typo in a name): the message says
-        # what to do, a traceback would only hide it.
-        print(f"napari-segany: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
+        if args.debug:
+            raise
         print("napari-segany: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        if _expected(exc):
+            # The message says what to do; a traceback would only hide it.
+            return _error(exc)
+        return _error(f"{type(exc).__name__}: {describe(exc)} (run with --debug for the traceback)")
+    finally:
+        _RUN.reset(token)
+
+
+_EXPECTED = (WeightsError, UnknownModelError, ArgumentError, OSError)
+"""Errors the user can fix, from any subcommand: said without the hint about --debug."""
+
+
+def _expected(error: Exception) -> bool:
+    """An error the user can fix; a damaged chunk names the command that repairs it (its
+    module is loaded only where a store was read, so it is looked up, not imported)."""
+    damage = sys.modules.get(f"{__package__}.damage")
+    return isinstance(error, _EXPECTED) or (
+        damage is not None and isinstance(error, damage.DamagedChunkError)
+    )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """How the running subcommand speaks: its options by the API's argument names."""
+
+    options: dict[str, str]
+    debug: bool = False
+
+
+_RUN: ContextVar[_Run | None] = ContextVar("napari_segany_cli_run", default=None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Segment Anything for large microscopy volumes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     parser.set_defaults(handler=lambda _args: _print_help(parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -107,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--points-per-side",
-        type=int,
+        type=_positive,
         default=16,
         help=(
             "automatic segmentation: point prompts per slice side (default: %(default)s, "
@@ -128,7 +166,30 @@ def _parser() -> argparse.ArgumentParser:
     from .cli_finetune import add_finetune  # fine-tuning on the user's labels, its own module
 
     add_finetune(commands)
+    from .cli_check import add_check  # verifying and repairing stores, its own module
+
+    add_check(commands)
+    for sub in commands.choices.values():
+        # Also after the subcommand; SUPPRESS keeps the subcommand from resetting it.
+        sub.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP
+        )
+        sub.set_defaults(options=_options(sub))
     return parser
+
+
+_DEBUG_HELP = "on an error, show the traceback instead of the one-line message"
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """A subcommand's options by destination, which is the Python API's argument name
+    where both have one (``axes`` is ``--axes``, ``recompute`` is ``--recompute``)."""
+    options = {}
+    for action in parser._actions:
+        long = [name for name in action.option_strings if name.startswith("--")]
+        if long:
+            options[action.dest] = long[0]
+    return options
 
 
 def _add_embed(commands: argparse._SubParsersAction) -> None:
@@ -285,27 +346,30 @@ def _demo(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}.demo":
             raise
-        print("napari-segany: error: this installation has no demo module", file=sys.stderr)
-        return 1
+        return _error("this installation has no demo module")
     from .device import choose_device
     from .model import CheckpointError
 
+    out = Path(args.out)
     try:
         choose_device(args.device)  # a typo in --device fails here, before any work
     except ValueError as exc:
-        print(f"napari-segany: error: {exc}", file=sys.stderr)
-        return 1
+        return _error(exc)
+    problem = unwritable(out, "an output folder")
+    if problem:
+        return _error(problem)
     try:
         result = run_demo(
-            out=Path(args.out),
+            out=out,
             model=args.model,
             device=args.device,
             pipeline=not args.click_only,
             points_per_side=args.points_per_side,
         )
     except CheckpointError as exc:  # e.g. --model pointing at a file that is not SAM's
-        print(f"napari-segany: error: {exc}", file=sys.stderr)
-        return 1
+        return _error(exc)
+    except OSError as exc:  # a read-only or full file system
+        return _error(exc, path=out, doing="cannot write into the output folder")
     print(result.summary())
     return 0
 
@@ -332,9 +396,99 @@ def source_stem(source: str | os.PathLike[str]) -> str:
     return name
 
 
-def _error(message: object) -> int:
-    print(f"napari-segany: error: {message}", file=sys.stderr)
+def _error(
+    problem: BaseException | str,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    doing: str = "",
+    note: str = "",
+) -> int:
+    """Say ``problem`` on stderr in one line; the exit status 1.
+
+    Parameters
+    ----------
+    problem
+        An exception (said in the subcommand's words, see :func:`describe`) or a message.
+        With ``--debug`` an exception is raised again instead, traceback and all.
+    path, doing
+        The user's path that an OSError is about and what was done with it, e.g. ``doing=
+        "cannot write the embedding store"``: see :func:`describe`.
+    note
+        Said after the problem, in parentheses (what was kept, ...).
+    """
+    run = _RUN.get()
+    if isinstance(problem, BaseException):
+        if run is not None and run.debug:
+            raise problem
+        problem = describe(problem, path=path, doing=doing)
+    if note:
+        problem = f"{problem} ({note})"
+    print(f"napari-segany: error: {_one_line(problem)}", file=sys.stderr)
     return 1
+
+
+def describe(
+    error: BaseException, *, path: str | os.PathLike[str] | None = None, doing: str = ""
+) -> str:
+    """An error in the running subcommand's words.
+
+    An :class:`~napari_segany.argument_errors.ArgumentError` names the subcommand's options
+    (``--time 3``, ``use --recompute``) and drops a fix that has none. An OSError says the
+    problem in words (read-only file system, no space left, ...) and names ``path``, the
+    user's path it is about, rather than a file of ours inside or beside it (a store's
+    chunk, a staging folder); ``doing`` starts the line (``cannot write the store``).
+    """
+    if isinstance(error, ArgumentError):
+        run = _RUN.get()
+        return error.said(run.options.get if run is not None else None)
+    if isinstance(error, OSError):
+        return _os_error(error, path, doing)
+    return str(error) or type(error).__name__
+
+
+_OS_WORDS = {
+    errno.EROFS: "read-only file system",
+    errno.EEXIST: "it already exists",
+    errno.ENOSPC: "no space left on the device",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOTEMPTY: "the folder is not empty",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EMFILE: "too many open files",
+    errno.EIO: "input/output error (a failing disk or network file system?)",
+}
+if hasattr(errno, "EDQUOT"):
+    _OS_WORDS[errno.EDQUOT] = "disk quota exceeded"
+
+
+def _os_error(error: OSError, path: str | os.PathLike[str] | None, doing: str) -> str:
+    if error.errno is None:  # raised in words of its own, which name the file
+        return str(error) or type(error).__name__
+    words = _OS_WORDS.get(error.errno) or (error.strerror or str(error)).lower()
+    file = error.filename
+    if path is not None and (file is None or _belongs_to(file, path)):
+        return f"{doing} {path}: {words}" if doing else f"{path}: {words}"
+    if file is not None:
+        return f"{file}: {words}"
+    return f"{doing}: {words}" if doing else words
+
+
+def _belongs_to(file: str | bytes | int | os.PathLike, path: str | os.PathLike[str]) -> bool:
+    """Whether ``file`` is ``path``, inside it, or a hidden sibling named after it (where
+    stores are built before they are renamed into place)."""
+    if isinstance(file, (bytes, int)):
+        return False
+    mine, target = Path(os.path.abspath(file)), Path(os.path.abspath(path))
+    if mine == target or target in mine.parents:
+        return True
+    return mine.parent == target.parent and mine.name.startswith(f".{target.name}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -350,10 +504,10 @@ def _embed(args: argparse.Namespace) -> int:
             args.source, axes=args.axes, level=args.level, channel=args.channel, time=args.time
         )
     except (OSError, ValueError, TypeError) as exc:  # missing file, bad axes, level, ...
-        return _error(exc)
+        return _error(exc, path=args.source, doing="cannot read")
     out = Path(args.out) if args.out else default_store_path(args.source)
     with volume:
-        problem = _unwritable(out)
+        problem = unwritable(out, "an embedding store")
         if problem:
             return _error(problem)  # before loading (perhaps downloading) a model
         try:
@@ -367,33 +521,44 @@ def _embed(args: argparse.Namespace) -> int:
         }
         try:
             store = embed(volume, model, out, compute=False, recompute=args.recompute, **tiling)
-        except StoreMismatchError as exc:
-            _error(exc)
-            print(
-                "napari-segany: rerun with --recompute to replace that store, "
-                "or choose another one with --out",
-                file=sys.stderr,
-            )
-            return 1
+        except StoreMismatchError as exc:  # its fix is --recompute
+            return _error(exc)
         except OSError as exc:  # PermissionError, read-only or full file system
-            return _error(f"cannot write the embedding store {out}: {exc}")
+            return _error(exc, path=out, doing="cannot write the embedding store")
         except ValueError as exc:  # --out is something else; bad tiling; unusable intensities
             return _error(exc)
         return _fill(store, model, args)
 
 
-def _unwritable(out: Path) -> str | None:
-    """Why the store at ``out`` cannot be written, as far as can be told without writing."""
-    if out.exists():  # a store to resume: writes to it are checked as they happen
-        return None if out.is_dir() else f"{out} is a file, not an embedding store"
-    parent = out.parent
+def unwritable(path: Path, what: str) -> str | None:
+    """Why the folder ``path`` cannot be made or written into, as far as can be told
+    without writing; None when it may be. ``what`` names it: ``"an output folder"``.
+
+    An existing folder is left to the writes themselves (a finished output on read-only
+    media can still be checked and skipped).
+    """
+    if path.exists():
+        return None if path.is_dir() else f"{path} is a file, not {what}"
+    parent = path.parent
     while not parent.exists() and parent.parent != parent:
         parent = parent.parent
+    name = what.removeprefix("an ").removeprefix("a ")
     if not parent.is_dir():
-        return f"cannot create the embedding store {out}: {parent} is a file, not a folder"
-    if not os.access(parent, os.W_OK):
-        return f"cannot create the embedding store {out}: permission denied on {parent}"
+        return f"cannot create the {name} {path}: {parent} is a file, not a folder"
+    if _read_only(parent):
+        return f"cannot create the {name} {path}: {parent} is on a read-only file system"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create the {name} {path}: permission denied on {parent}"
     return None
+
+
+def _read_only(path: Path) -> bool:
+    if not hasattr(os, "statvfs"):  # Windows: os.access tells
+        return False
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _fill(store: EmbeddingStore, model: SamModel, args: argparse.Namespace) -> int:
@@ -418,7 +583,12 @@ def _fill(store: EmbeddingStore, model: SamModel, args: argparse.Namespace) -> i
             return _interrupted(store, before)
         except (OSError, ValueError) as exc:  # ValueError: a slice the model cannot see (NaN)
             done = int(store.done().sum())
-            return _error(f"{exc} ({done} of {total} slice(s) embedded are kept)")
+            return _error(
+                exc,
+                path=store.path,
+                doing="cannot write the embedding store",
+                note=f"{done} of {total} slice(s) embedded are kept",
+            )
     if report.cancelled:
         return _interrupted(store, before)
     computed = len(report.computed)

@@ -93,15 +93,16 @@ def default_out(image: str | os.PathLike[str]) -> Path:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Run ``napari-segany evaluate``; the exit status: 0 done, 1 an error."""
-    from .cli import _error
+    from .cli import _error, unwritable
     from .device import choose_device
     from .evaluate import check_settings, evaluate_in_3d, evaluate_interactive
     from .model import CheckpointError
     from .weights import UnknownModelError, WeightsError
 
     out = Path(args.out) if args.out else default_out(args.image)
-    if out.exists() and not out.is_dir():
-        return _error(f"--out {out} is a file, not a folder")
+    problem = unwritable(out, "an output folder")
+    if problem:
+        return _error(problem)  # before a model is loaded and the image embedded
     try:
         choose_device(args.device)  # a typo in --device fails before any work
         check_settings(args.start, args.iterations)
@@ -134,7 +135,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 report.plot(out / "evaluation.png"),
             ]
     except OSError as exc:
-        return _error(f"cannot write the results into {out}: {exc}")
+        return _error(exc, path=out, doing="cannot write the results into")
     for path in written:
         print(f"wrote {path}")
     return 0

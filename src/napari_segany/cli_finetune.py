@@ -210,7 +210,9 @@ def finetune_command(args: argparse.Namespace) -> int:
             )
         except (FinetuneCancelled, KeyboardInterrupt):
             return _interrupted(out, before)
-        except (CheckpointError, OSError, ValueError) as exc:
+        except OSError as exc:  # a read-only or full file system
+            return _error(exc, path=out, doing="cannot write the checkpoint")
+        except (CheckpointError, ValueError) as exc:
             return _error(exc)
 
     print(report.summary())
@@ -239,12 +241,12 @@ def finetune_command(args: argparse.Namespace) -> int:
                 "validation": args.validation,
             },
         }
+        path = Path(args.json).expanduser()
         try:
-            path = Path(args.json).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(payload, indent=1) + "\n")
         except OSError as exc:
-            return _error(f"cannot write the report {args.json}: {exc}")
+            return _error(exc, path=path, doing="cannot write the report")
         print(f"wrote   {path}")
     return 0
 
@@ -254,6 +256,8 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 def _check_out(out: Path) -> None:
     """ValueError when the checkpoint cannot go to ``out`` (as far as can be told)."""
+    from .cli import _read_only
+
     if out.is_dir():
         raise ValueError(
             f"--out {out} is a folder: give the checkpoint's file, e.g. {out / 'tuned.pt'}"
@@ -263,6 +267,10 @@ def _check_out(out: Path) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"cannot write the checkpoint {out}: {parent} is a file, not a folder")
+    if _read_only(parent):
+        raise ValueError(
+            f"cannot write the checkpoint {out}: {parent} is on a read-only file system"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write the checkpoint {out}: permission denied on {parent}")
 

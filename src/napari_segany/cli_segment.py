@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from . import weights
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .batch import BatchResult
 
 __all__ = ["add_segment", "segment"]
@@ -123,28 +125,32 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
 def segment(args: argparse.Namespace) -> int:
     """Run ``napari-segany segment``; the exit status: 0 all done, 1 an error or a failed
     source, 130 interrupted."""
+    from pathlib import Path
+
     from .batch import SchedulerUnreachableError, WorkerModelError, segment_files
     from .batch_files import expand_sources
-    from .cli import _error, _stop_on_ctrl_c
+    from .cli import _error, _stop_on_ctrl_c, unwritable
     from .device import choose_device
     from .model import CheckpointError
 
     if args.prompts is not None:
         return _segment_prompts(args)
     if args.no_propagate:
-        from .cli import _error
-
         return _error("--no-propagate goes with --prompts")
     client = args.scheduler
     if args.workers is not None:
         if client not in (None, "local"):
             return _error("--workers sizes a local cluster; it cannot size one at an address")
         client = "local"
+    out = Path(args.out).expanduser()
     try:
         choose_device(args.device)  # a typo in --device fails before any work
         sources = expand_sources(args.source)
     except (OSError, ValueError) as exc:
         return _error(exc)
+    problem = unwritable(out, "an output folder")
+    if problem:
+        return _error(problem)  # before loading a model or starting a cluster
     where = {None: "this process", "local": "a local dask cluster"}.get(client, client)
     print(f"segmenting {len(sources)} volume(s) into {args.out} with {args.model} on {where}")
     overrides = {
@@ -178,15 +184,11 @@ def segment(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:  # a second Ctrl-C
             print(_INTERRUPTED, file=sys.stderr)
             return 130
-        except (
-            SchedulerUnreachableError,
-            WorkerModelError,
-            CheckpointError,
-            OSError,
-            ValueError,
-        ) as exc:
+        except OSError as exc:  # the output folder (read-only, full), the model's cache
+            return _error(exc, path=out, doing="cannot write into the output folder")
+        except (SchedulerUnreachableError, WorkerModelError, CheckpointError, ValueError) as exc:
             return _error(exc)
-    return _report(results)
+    return _report(results, out)
 
 
 def _segment_prompts(args: argparse.Namespace) -> int:
@@ -194,13 +196,14 @@ def _segment_prompts(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .batch_files import expand_sources, source_name
-    from .cli import _error
+    from .cli import _error, unwritable
     from .device import choose_device
     from .model import CheckpointError
     from .prompt_batch import segment_with_prompts
 
     if args.scheduler is not None or args.workers is not None:
         return _error("--prompts runs in this process: drop --scheduler and --workers")
+    folder = Path(args.out).expanduser()
     try:
         choose_device(args.device)
         sources = expand_sources(args.source)
@@ -209,7 +212,10 @@ def _segment_prompts(args: argparse.Namespace) -> int:
                 f"--prompts takes exactly one SOURCE, got {len(sources)}: run once per volume"
             )
         name = source_name(sources[0])
-        out = Path(args.out).expanduser() / f"{name}.labels.ome.zarr"
+        problem = unwritable(folder, "an output folder")
+        if problem:
+            return _error(problem)
+        out = folder / f"{name}.labels.ome.zarr"
         print(f"segmenting {sources[0]} from {args.prompts} into {out} with {args.model}")
         result = segment_with_prompts(
             sources[0],
@@ -228,14 +234,20 @@ def _segment_prompts(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("napari-segany: interrupted", file=sys.stderr)
         return 130
-    except (CheckpointError, OSError, ValueError) as exc:
+    except OSError as exc:  # the outputs (read-only, full), the prompts file, the source
+        return _error(exc, path=folder, doing="cannot write into the output folder")
+    except (CheckpointError, ValueError) as exc:
         return _error(exc)
     print(result.summary())
     if args.tiff:
         from .labels import LabelsStore
 
-        with LabelsStore.open(result.labels, read_only=True) as labels:
-            print(f"wrote {labels.to_tiff(out.parent / f'{name}.labels.tif')}")
+        tiff = folder / f"{name}.labels.tif"
+        try:
+            with LabelsStore.open(result.labels, read_only=True) as labels:
+                print(f"wrote {labels.to_tiff(tiff)}")
+        except OSError as exc:
+            return _error(exc, path=tiff, doing="cannot write")
     return 0
 
 
@@ -244,8 +256,15 @@ _INTERRUPTED = (
 )
 
 
-def _report(results: Sequence[BatchResult]) -> int:
+def _report(results: Sequence[BatchResult], out: Path) -> int:
+    from dataclasses import replace
+
+    from .cli import describe
+
     for result in results:
+        if result.exception is not None:  # said in the command's words
+            doing = "cannot write into the output folder"
+            result = replace(result, error=describe(result.exception, path=out, doing=doing))
         print(result.summary(), file=sys.stderr if result.status == "failed" else sys.stdout)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     cancelled = sum(r.status == "cancelled" for r in results)

@@ -3,8 +3,12 @@
 Layout of the zarr v3 group::
 
     features   (Z, T, 256, 64, 64) float16, one uncompressed chunk per slice and tile
+    inputs     (Z, T) uint64, a digest of each tile's 8-bit model input (``check --full``)
     done       (Z,) uint8, one chunk per slice, set once all the slice's tiles are written
     attrs      the signature: format, model, preprocessing, tiles, source
+
+Every chunk ends in a CRC-32C checksum (:mod:`.damage`): a damaged features chunk or done
+flag counts as not done, and is computed again where the volume and model are at hand.
 
 Chunk writes are atomic (zarr writes a temporary file and renames it) and a slice is
 marked done only after its features are written, so a run killed at any moment leaves
@@ -17,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +31,12 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from .encode import choose_batch_size, encode_tiles
+from . import damage
+from .argument_errors import ArgumentError, Fix, Setting
+from .encode import choose_batch_size, encode_tiles, tile_digest
 from .model import ImageEmbedding, same_encoder
 from .models import input_size
+from .staging import remove_leftovers, staging_path
 from .tiling import TileGrid, Window, tile_grid
 from .volume import Volume, open_volume
 
@@ -42,8 +48,11 @@ VERSION = 1
 FEATURES_SHAPE = (256, 64, 64)
 
 
-class StoreMismatchError(ValueError):
-    """An existing store holds embeddings of another model, preprocessing or source."""
+class StoreMismatchError(ArgumentError):
+    """An existing store holds embeddings of another model, preprocessing or source.
+
+    A ValueError whose fix is ``recompute=True`` (``--recompute`` on the command line).
+    """
 
 
 class NotEmbeddedError(LookupError):
@@ -78,8 +87,18 @@ def signature(volume: Volume, model: SamModel, grid: TileGrid) -> dict[str, Any]
             "rgb": bool(volume.rgb),
             "fingerprint": volume.fingerprint(),
             "description": volume.source,
+            **_reopening(volume),
         },
     }
+
+
+def _reopening(volume: Volume) -> dict[str, Any]:
+    """How ``napari-segany check`` reopens a source given by path (nothing for arrays)."""
+    opened = getattr(volume, "_opened_with", None)
+    if opened is None or not isinstance(opened[0], (str, os.PathLike)):
+        return {}
+    source, options = opened
+    return {"path": os.path.abspath(os.fspath(source)), "options": dict(options)}
 
 
 def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -138,6 +157,7 @@ class EmbeddingStore:
         self.grid = TileGrid.from_attrs(self.signature["tiles"])
         self._features = group["features"]
         self._done = group["done"]
+        self._inputs = group["inputs"] if "inputs" in group else None  # stores since 0.x
         self.volume = volume
         self.model = model
 
@@ -174,8 +194,8 @@ class EmbeddingStore:
         return cls(group, path=path)
 
     def done(self) -> np.ndarray:
-        """Boolean ``(Z,)``: which slices are embedded."""
-        return self._done[:].astype(bool)
+        """Boolean ``(Z,)``: which slices are embedded (a damaged flag reads as not)."""
+        return damage.flags(self._done)
 
     def missing(self) -> list[int]:
         """Indices of the slices not embedded yet, in order."""
@@ -183,7 +203,7 @@ class EmbeddingStore:
 
     def is_done(self, z: int) -> bool:
         """Whether slice ``z`` is embedded."""
-        return bool(self._done[self._check(z)])
+        return damage.flag(self._done, self._check(z))
 
     def _check(self, z: int) -> int:
         if not -len(self) <= z < len(self):
@@ -209,6 +229,9 @@ class EmbeddingStore:
         ------
         NotEmbeddedError
             The slice is missing and cannot or may not be computed here.
+        DamagedChunkError
+            Its features are damaged on disk and cannot be computed again here (a store
+            opened without its volume and model, or read-only).
         """
         z = self._check(z)
         if not self.is_done(z):
@@ -224,9 +247,104 @@ class EmbeddingStore:
                 )
             self.fill([z], progress=False)
         window = self.grid.windows[tile]
-        features = torch.from_numpy(self._features[z, tile]).to(self._device(), torch.float32)
+        try:
+            data = damage.read(self._features, (z, tile), store=self._where(), hint=self._hint())
+        except damage.DamagedChunkError:
+            if not self._computable():
+                raise
+            self.forget([z])  # damaged: computed again, as if never done
+            self.fill([z], progress=False)
+            data = damage.read(self._features, (z, tile), store=self._where())
+        features = torch.from_numpy(data).to(self._device(), torch.float32)
         size = (window[2] - window[0], window[3] - window[1])
         return ImageEmbedding(features[None], size, input_size(size))
+
+    def _where(self) -> str:
+        return f"the embedding store {self.path}" if self.path else "the in-memory embedding store"
+
+    def _hint(self) -> str:
+        return f"`napari-segany check --repair {self.path}` computes it again" if self.path else ""
+
+    def _computable(self) -> bool:
+        return self.volume is not None and self.model is not None and not self.read_only
+
+    def forget(self, slices: Iterable[int]) -> None:
+        """Mark ``slices`` not done, so that :meth:`fill` computes them again."""
+        for z in slices:
+            self._done[self._check(z)] = 0
+
+    def intact_on_disk(self, z: int) -> bool:
+        """Whether the files of done slice ``z``'s features have their full size (a stat per
+        tile: a chunk cut short is found without reading it)."""
+        expected = int(np.prod(self._features.chunks)) * self._features.dtype.itemsize
+        expected += 4 if damage.has_checksum(self._features) else 0
+        for t in range(len(self.grid)):
+            file = damage.chunk_file(self._features, (self._check(z), t, 0, 0, 0))
+            if file is None:
+                return True  # not a local store: found when read
+            try:
+                if file.stat().st_size != expected:
+                    return False
+            except FileNotFoundError:
+                return False
+        return True
+
+    def damaged(self, *, full: bool = False) -> dict[int, str]:
+        """The slices whose features, input digests or done flag are damaged, and why.
+
+        Every chunk of the done slices is read back and checked. With ``full``, the done
+        slices whose source changed since they were embedded are added (see
+        :meth:`changed`).
+        """
+        out = {
+            z: f"its done flag is damaged: {why}" for (z,), why in damage.damaged_chunks(self._done)
+        }
+        done = [int(z) for z in np.flatnonzero(self.done())]
+        tiles = [(z, t) for z in done for t in range(len(self.grid))]
+        for (z, t, *_), why in damage.damaged_chunks(
+            self._features, [(*i, 0, 0, 0) for i in tiles]
+        ):
+            out.setdefault(z, f"the features of tile {t} are damaged: {why}")
+        if self._inputs is not None:
+            for (z, t), why in damage.damaged_chunks(self._inputs, tiles):
+                out.setdefault(z, f"the input digest of tile {t} is damaged: {why}")
+        for z in done:
+            if z not in out and not self.intact_on_disk(z):
+                out[z] = "its features are missing on disk"
+        if full:
+            out.update({z: why for z, why in self.changed().items() if z not in out})
+        return dict(sorted(out.items()))
+
+    def changed(self) -> dict[int, str]:
+        """The done slices whose model input (the source, read and scaled as when they were
+        embedded) differs from the one their embeddings were computed from.
+
+        Reads the whole source: an edit anywhere is seen, also where the signature's
+        fingerprint does not look.
+
+        Raises
+        ------
+        NotEmbeddedError
+            The store was opened without its volume.
+        ValueError
+            The store was made before input digests were kept.
+        """
+        if self.volume is None:
+            raise NotEmbeddedError("comparing with the source needs the store's volume")
+        if self._inputs is None:
+            raise ValueError(
+                f"{self._where()} was made before input digests were kept: it cannot be "
+                "compared with its whole source (embed it again into a new store)"
+            )
+        size = int(self.signature["preprocessing"]["input_size"])
+        stored = np.asarray(self._inputs[:])
+        out = {}
+        for z in np.flatnonzero(self.done()):
+            for t, window in enumerate(self.grid.windows):
+                if int(stored[z, t]) != tile_digest(self.volume, int(z), window, size):
+                    out[int(z)] = f"tile {t} of the source changed since it was embedded"
+                    break
+        return out
 
     def at_point(self, z: int, y: float, x: float) -> tuple[ImageEmbedding, Window]:
         """The embedding of the window in which ``(y, x)`` lies deepest, and that window."""
@@ -267,7 +385,7 @@ class EmbeddingStore:
         start = time.perf_counter()
         wanted = range(len(self)) if slices is None else [self._check(z) for z in slices]
         done = self.done()
-        todo = [z for z in dict.fromkeys(wanted) if not done[z]]
+        todo = [z for z in dict.fromkeys(wanted) if not done[z] or not self.intact_on_disk(z)]
         if first is not None and self._check(first) in todo:
             todo.remove(first % len(self))
             todo.insert(0, first % len(self))
@@ -279,8 +397,8 @@ class EmbeddingStore:
         bar = tqdm(total=len(todo), desc="embedding", unit="slice", disable=not progress)
         batches = encode_tiles(self.volume, self.model, self.grid, items, size)
         try:
-            for batch_items, features in batches:
-                self._write(batch_items, features, tiles_left, computed, bar)
+            for batch_items, features, digests in batches:
+                self._write(batch_items, features, digests, tiles_left, computed, bar)
                 if callback is not None:
                     callback(len(computed), len(todo))
                 if cancel is not None and cancel():
@@ -296,14 +414,17 @@ class EmbeddingStore:
         self,
         items: list[tuple[int, int]],
         features: np.ndarray,
+        digests: list[int],
         tiles_left: dict[int, int],
         computed: list[int],
         bar: tqdm,
     ) -> None:
         """Write one batch; mark each slice done once all its tiles are written."""
         try:
-            for (z, t), f in zip(items, features, strict=True):
+            for (z, t), f, digest in zip(items, features, digests, strict=True):
                 self._features[z, t] = f
+                if self._inputs is not None:
+                    self._inputs[z, t] = digest
                 tiles_left[z] -= 1
                 if tiles_left[z] == 0:
                     self._done[z] = 1  # after the features: a crash never marks a slice done
@@ -321,10 +442,19 @@ def _create(group: zarr.Group, sig: dict[str, Any], n_slices: int, n_tiles: int)
         shape=(n_slices, n_tiles, *FEATURES_SHAPE),
         chunks=(1, 1, *FEATURES_SHAPE),
         dtype="float16",
-        compressors=None,  # fp16 features barely compress; raw chunks read in ~1 ms
+        # fp16 features barely compress: raw chunks (read in ~1 ms) with a checksum
+        compressors=damage.with_checksum(),
         fill_value=0,
     )
-    group.create_array("done", shape=(n_slices,), chunks=(1,), dtype="uint8", fill_value=0)
+    group.create_array(
+        "inputs",
+        shape=(n_slices, n_tiles),
+        chunks=(1, 1),
+        dtype="uint32",
+        compressors=damage.with_checksum(),
+        fill_value=0,
+    )
+    damage.create_done_flags(group, n_slices)
     group.attrs.update(sig)
 
 
@@ -335,7 +465,8 @@ def _create_atomically(path: Path, sig: dict[str, Any], n_slices: int, n_tiles: 
     group without its arrays or signature. Returns False when another process got
     there first (its store is then the one to open).
     """
-    staging = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    remove_leftovers(path)
+    staging = staging_path(path)
     try:
         _create(zarr.open_group(staging, mode="w-"), sig, n_slices, n_tiles)
         os.rename(staging, path)  # fails if path exists and is not empty
@@ -381,8 +512,10 @@ def _open_or_create(path: Path | None, sig: dict[str, Any], recompute: bool) -> 
         raise StoreMismatchError(
             f"the embedding store {path} does not match this volume and model: "
             + "; ".join(diffs)
-            + ". Nothing was changed. Pass recompute=True to replace its embeddings, "
-            "or choose another path."
+            + ". Nothing was changed",
+            fix=Fix(
+                (Setting("recompute"),), then=" to replace its embeddings, or choose another path"
+            ),
         )
     shutil.rmtree(path)
     _create_atomically(path, sig, n_slices, n_tiles)

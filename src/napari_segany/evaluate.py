@@ -224,9 +224,10 @@ def check_settings(start: str, iterations: int) -> None:
 def read_labels(labels: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
     """Instance labels from an array or a TIFF file; ValueError unless integers."""
     if isinstance(labels, (str, os.PathLike)):
-        import tifffile
+        from .volume_sources import open_tiff
 
-        labels = tifffile.imread(os.fspath(labels))
+        with open_tiff(labels) as tiff:  # an error names the file
+            labels = tiff.asarray()
     array = np.asarray(labels)
     if array.dtype.kind not in "iu":
         raise ValueError(

@@ -31,7 +31,7 @@ from .labels_files import (
 )
 from .labels_import import import_labels
 from .labels_journal import Journal, JournalError, now
-from .labels_layout import DTYPE, Level, open_levels
+from .labels_layout import DTYPE, Level, check_readable, open_levels, read_labels
 from .labels_lock import StoreLockedError
 from .labels_mask import check_z, object_region, record_to_json
 
@@ -279,14 +279,14 @@ class LabelsStore:
     def read(self, z: int | None = None) -> np.ndarray:
         """Slice ``z`` as a (Y, X) array, or with ``z=None`` the whole (Z, Y, X) volume."""
         if z is None:
-            return np.asarray(self._levels[0].array[...])
-        return np.asarray(self._levels[0].array[check_z(z, self.shape[0])])
+            return read_labels(self._levels[0].array, slice(None))
+        return read_labels(self._levels[0].array, check_z(z, self.shape[0]))
 
     def read_region(
         self, zslice: slice | int, yslice: slice | int, xslice: slice | int
     ) -> np.ndarray:
         """The labels at ``[zslice, yslice, xslice]`` (ints drop their axis, as in NumPy)."""
-        return np.asarray(self._levels[0].array[zslice, yslice, xslice])
+        return read_labels(self._levels[0].array, (zslice, yslice, xslice))
 
     def next_id(self) -> int:
         """The id the next commit gets: 1 + the largest id ever committed or found.
@@ -384,7 +384,8 @@ class LabelsStore:
         record_json = record_to_json(record)
         label_id = self._choose_id(label_id)
         self._changes.settle()
-        before = self._levels[0].array[slices(box)]
+        check_readable(self._levels, box)
+        before = read_labels(self._levels[0].array, slices(box))
         paint = inside if overlap == "overwrite" else inside & (before == 0)
         voxels = int(np.count_nonzero(paint))
         if voxels == 0:

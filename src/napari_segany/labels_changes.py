@@ -14,7 +14,15 @@ import numpy as np
 import zarr
 
 from .labels_journal import History, Journal, JournalError, now
-from .labels_layout import Box, Level, remove_partial_writes, set_colors, write_region
+from .labels_layout import (
+    Box,
+    Level,
+    check_readable,
+    read_labels,
+    remove_partial_writes,
+    set_colors,
+    write_region,
+)
 from .labels_lock import WriterLock
 
 
@@ -113,7 +121,8 @@ class Changes:
         expected, new = (region.after, region.before)
         if action == "redo":
             expected, new = region.before, region.after
-        current = self.levels[0].array[slices(region.box)]
+        check_readable(self.levels, region.box)
+        current = read_labels(self.levels[0].array, slices(region.box))
         if not np.array_equal(current, expected):
             raise RuntimeError(
                 f"cannot {action}: the labels in the object's region changed since it was "
@@ -144,7 +153,7 @@ class Changes:
             )
         region = self.journal.load_region(target)
         prior = region.after if pending["action"] == "undo" else region.before
-        current = self.levels[0].array[slices(region.box)]
+        current = read_labels(self.levels[0].array, slices(region.box))
         remove_partial_writes(self.levels, region.box)
         write_region(self.levels, region.box, prior, current)
         rollback = {"op": "rollback", "seq": pending["seq"], "time": now()}
@@ -161,6 +170,6 @@ def ids_in(array: zarr.Array) -> set[int]:
     ids: set[int] = set()
     step = array.chunks[0]
     for z in range(0, array.shape[0], step):
-        slab = array[z : z + step]
+        slab = read_labels(array, slice(z, z + step))
         ids.update(int(i) for i in np.unique(slab[slab != 0]))
     return ids

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .labels_layout import read_labels
+
 UINT16_MAX = int(np.iinfo(np.uint16).max)
 
 
@@ -22,7 +24,7 @@ def write_tiff(array: zarr.Array, path: Path, *, imagej: bool, top: int) -> Path
     if imagej and top > UINT16_MAX:
         raise ValueError(f"ids up to {top} do not fit an ImageJ TIFF (uint16); use imagej=False")
     dtype = np.dtype(np.uint16 if imagej else np.uint32)
-    pages = (np.asarray(array[z]).astype(dtype) for z in range(array.shape[0]))
+    pages = (read_labels(array, z).astype(dtype) for z in range(array.shape[0]))
     tifffile.imwrite(
         path,
         pages,

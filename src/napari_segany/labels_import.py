@@ -11,12 +11,8 @@ the new ones renamed in, and the old ones deleted.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import math
-import os
 import shutil
-import socket
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +40,7 @@ from .labels_layout import (
     open_levels,
     write_region,
 )
+from .staging import remove_leftovers, staging_path
 
 MAX_ID = int(np.iinfo(DTYPE).max)
 
@@ -74,7 +71,7 @@ def import_labels(
         check_replaceable_store(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path)
-    staging = path.parent / f".{path.name}.{_writer()}-{uuid.uuid4().hex[:12]}.partial"
+    staging = staging_path(path)
     try:
         if inside:
             assert image is not None
@@ -94,42 +91,6 @@ def import_labels(
             _move_store(staging, path, overwrite=overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _writer() -> str:
-    """This process, as a staging folder names it: a hash of the host, and the pid."""
-    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    return f"{host}-{os.getpid()}"
-
-
-def remove_leftovers(path: Path) -> list[Path]:
-    """Remove the staging folders of ``path`` left by killed writers of this host.
-
-    A staging folder is ``.<name>.<host>-<pid>-<token>.partial``; one whose process no
-    longer runs on this host is a leftover. Folders of other hosts, of live processes, or
-    named otherwise are left alone. Returns what was removed.
-    """
-    host = _writer().split("-")[0]
-    removed = []
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
-        parts = leftover.name[len(path.name) + 2 : -len(".partial")].split("-")
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-            continue
-        if _alive(int(parts[1])):
-            continue
-        shutil.rmtree(leftover, ignore_errors=True)
-        removed.append(leftover)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def check_dtype(data: Any) -> None:

@@ -5,7 +5,8 @@ A label image is a zarr group ``<root>/labels/<name>`` whose ``attributes["ome"]
 arrays. Beside an image the label image has as many levels as the image (NGFF requires it),
 each sampled from level 0 by nearest neighbour at the image's scale factors, so labels and
 image line up at every level. Writes go chunk by chunk and skip chunks whose content does
-not change, so committing an object rewrites only the chunks it touches.
+not change, so committing an object rewrites only the chunks it touches. Every chunk ends
+in a CRC-32C checksum; a damaged chunk is named when read (:mod:`.damage`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 import zarr
 import zarr.errors
 import zarr.storage
+
+from . import damage
 
 NGFF_VERSION = "0.5"
 AXES = ("z", "y", "x")
@@ -161,6 +164,7 @@ def create_label_group(
             shape=level_shape,
             dtype=DTYPE,
             chunks=tuple(min(c, s) for c, s in zip(chunks, level_shape, strict=True)),
+            compressors=damage.default_compressors(),  # zarr's default, then a checksum
             fill_value=0,
             dimension_names=list(AXES),
         )
@@ -223,9 +227,25 @@ def write_region(levels: Sequence[Level], box: Box, new: np.ndarray, old: np.nda
             continue
         region, offsets = sampled
         values = new[np.ix_(*offsets)]
-        current = level.array[tuple(slice(a, b) for a, b in region)]
+        current = read_labels(level.array, tuple(slice(a, b) for a, b in region))
         written += _write_changed(level.array, [a for a, _ in region], values, current)
     return written
+
+
+def read_labels(array: zarr.Array, selection: Any) -> np.ndarray:
+    """``array[selection]`` of a label image; a damaged chunk is named (DamagedChunkError)."""
+    root = damage.store_of(array)
+    hint = f"`napari-segany check --repair {root}` rebuilds it from the store's journal"
+    return np.asarray(damage.read(array, selection, store=root, hint=hint))
+
+
+def check_readable(levels: Sequence[Level], box: Box) -> None:
+    """Read ``box`` at every level, so that a damaged chunk stops a change before it begins."""
+    read_labels(levels[0].array, tuple(slice(a, b) for a, b in box))
+    for level in levels[1:]:
+        sampled = level.sources(box)
+        if sampled is not None:
+            read_labels(level.array, tuple(slice(a, b) for a, b in sampled[0]))
 
 
 def _write_changed(

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .intensity import percentile_limits, scale_to_model
+from .argument_errors import ArgumentError, Blank, Fix, Setting
+from .intensity import MIN_RANGE, percentile_limits, scale_to_model
 from .volume_axes import Layout, resolve_layout
 from .volume_sources import RawSource, open_source, read
 
@@ -185,8 +186,8 @@ class Volume:
 
         Raises
         ------
-        ValueError
-            The sample holds no finite value (pass explicit ``limits``).
+        ArgumentError
+            A ValueError: the sample holds no finite value (pass explicit ``limits``).
         """
         if self._limits is None:
             with self._limits_lock:  # GUI workers may ask at once; sample only once
@@ -257,9 +258,10 @@ class Volume:
         try:
             return percentile_limits(sample, *PERCENTILES)
         except ValueError as error:
-            raise ValueError(
+            raise ArgumentError(
                 f"cannot choose intensity limits for {self.source}: the {len(zs)} sampled "
-                "slice(s) hold no finite value; pass limits=(low, high) to open_volume"
+                "slice(s) hold no finite value",
+                fix=Fix((Setting("limits", Blank("(low, high)", "LOW HIGH")),), to="open_volume"),
             ) from error
 
     def _strided(self, z: int, budget: int) -> np.ndarray:
@@ -346,9 +348,12 @@ def open_volume(
     FileNotFoundError
         A path that does not exist.
     ValueError
-        Unsupported file type, wrong number of dimensions, invalid or ambiguous axes, an
-        empty axis, a level, time or channel out of range, a bool/complex/non-numeric
-        dtype, or invalid limits.
+        Unsupported file type, a file that is not the TIFF or zarr store it is named as,
+        wrong number of dimensions, invalid or ambiguous axes, an empty axis, a level, time
+        or channel out of range, a bool/complex/non-numeric dtype, or invalid limits. Those
+        about an argument are :class:`~napari_segany.argument_errors.ArgumentError`, which
+        names it apart from the words (``time=3`` in Python, ``--time 3`` on the command
+        line).
     TypeError
         A source of a kind that cannot be read.
     """
@@ -395,4 +400,8 @@ def _check_limits(limits: tuple[float, float] | None) -> tuple[float, float] | N
         raise ValueError(f"limits must be two numbers (low, high), got {limits!r}") from None
     if not (math.isfinite(low) and math.isfinite(high) and high > low):
         raise ValueError(f"limits must be finite with low < high, got {limits!r}")
+    if not MIN_RANGE < high - low < math.inf:
+        raise ValueError(
+            f"limits must span a range between 1e-30 and the largest float, got {limits!r}"
+        )
     return low, high

@@ -12,14 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .argument_errors import ArgumentError, Blank, Fix, Setting
+
 AXIS_LETTERS = "TCZYX"
 
 # tifffile's series axes use more codes than OME's five; these two mean "a stack of
 # pages" and "samples per pixel" (interleaved or planar RGB), which is all we need.
 _TIFF_CODES = {"Q": "Z", "I": "Z", "S": "C"}
 
+# The fix for axes that metadata got wrong, and axes to suggest, by ndim, for arrays
+# without metadata that the shape cannot settle.
+_SAY_AXES = Fix((Setting("axes", Blank("'...'", "AXES")),), then=" to say what the dimensions are")
+_EXAMPLES = {4: ("TZYX", "CZYX"), 5: ("TCZYX", "TZCYX")}
 
-def check_axes(axes: str, ndim: int, *, origin: str) -> str:
+
+def check_axes(axes: str, ndim: int, *, origin: str, given: bool = False) -> str:
     """Validate an axes string for an array of ``ndim`` dimensions; returns it upper-cased.
 
     Parameters
@@ -29,55 +36,68 @@ def check_axes(axes: str, ndim: int, *, origin: str) -> str:
     ndim
         Dimensions of the array the axes describe.
     origin
-        Where the axes came from, to start the error message (``"axes='ZYQ'"``,
-        ``"stack.tif: tifffile series axes 'RYX'"``); anything but the caller's ``axes=``
-        adds a hint to pass ``axes=``.
+        What the axes describe and where they came from, to start the error message
+        (``"stack.tif"``, ``"stack.tif: tifffile series axes 'RYX'"``).
+    given
+        The axes are the caller's ``axes=``: the message names that argument; otherwise
+        (metadata) it says to pass ``axes=``.
 
     Raises
     ------
-    ValueError
-        If the string is not a valid description of the array.
+    ArgumentError
+        A ValueError, if the string is not a valid description of the array.
     """
     if not isinstance(axes, str):
         raise ValueError(f"{origin}: axes must be a string such as 'ZYX', got {axes!r}")
     letters = axes.upper()
-    hint = "" if origin.startswith("axes=") else "; pass axes='...' to say what the dimensions are"
+
+    def error(problem: str) -> ArgumentError:
+        if given:  # the caller's own axes: name them, in the caller's words
+            return ArgumentError(Setting("axes", axes), f" does not fit {origin}: {problem}")
+        return ArgumentError(f"{origin}: {problem}", fix=_SAY_AXES)
+
     if "?" in letters:  # metadata named an axis we have no letter for
-        raise ValueError(f"{origin}: an axis is not one of T, C, Z, Y, X{hint}")
+        raise error("an axis is not one of T, C, Z, Y, X")
     unknown = sorted({a for a in letters if a not in AXIS_LETTERS})
     if unknown:
-        raise ValueError(
-            f"{origin}: unknown axes letter(s) {', '.join(map(repr, unknown))}; "
-            f"use T (time), C (channel), Z, Y, X{hint}"
+        raise error(
+            f"unknown axes letter(s) {', '.join(map(repr, unknown))}; "
+            "use T (time), C (channel), Z, Y, X"
         )
     repeated = sorted({a for a in letters if letters.count(a) > 1})
     if repeated:
-        raise ValueError(f"{origin}: axes repeat {', '.join(repeated)}{hint}")
+        raise error(f"axes repeat {', '.join(repeated)}")
     if "Y" not in letters or "X" not in letters:
-        raise ValueError(f"{origin}: axes must include both Y and X{hint}")
+        raise error("axes must include both Y and X")
     if len(letters) != ndim:
-        raise ValueError(
-            f"{origin}: axes name {len(letters)} dimensions but the array has {ndim}{hint}"
-        )
+        raise error(f"axes name {len(letters)} dimensions but the array has {ndim}")
     return letters
 
 
-def infer_axes(shape: tuple[int, ...]) -> str:
+def infer_axes(shape: tuple[int, ...], *, source: str = "the array") -> str:
     """Axes for an array that carries no metadata.
 
     2D is ``YX``; 3D is ``YXC`` when the last dimension is 3 or 4 (RGB, RGBA), else ``ZYX``;
     4D is ``ZYXC`` when the last dimension is 3 or 4. Anything else is ambiguous.
 
+    Parameters
+    ----------
+    shape
+        The array's shape.
+    source
+        What the array is, for messages (a path, ``numpy array (2, 5, 6, 7) uint8``).
+
     Raises
     ------
-    ValueError
-        Asking for ``axes=`` and showing the shape, when the rule cannot tell.
+    ArgumentError
+        A ValueError asking for ``axes=`` (with examples of the array's length) and
+        showing the shape, when the rule cannot tell.
     """
     ndim = len(shape)
     if ndim < 2 or ndim > 5:
         raise ValueError(
-            f"expected an image with 2 to 5 dimensions (YX, ZYX, YXC, ZYXC, TCZYX, ...), "
-            f"got {ndim}D with shape {tuple(shape)}"
+            f"{source}: expected an image with 2 to 5 dimensions (YX, ZYX, YXC, ZYXC, "
+            f"TCZYX, ...), got {ndim}D with shape {tuple(shape)}"
         )
     interleaved = shape[-1] in (3, 4)
     if ndim == 2:
@@ -86,9 +106,12 @@ def infer_axes(shape: tuple[int, ...]) -> str:
         return "YXC" if interleaved else "ZYX"
     if ndim == 4 and interleaved:
         return "ZYXC"
-    raise ValueError(
-        f"cannot tell the axes of a {ndim}D array of shape {tuple(shape)}: "
-        "pass axes='...', e.g. axes='TZYX' or axes='CZYX'"
+    raise ArgumentError(
+        f"{source}: cannot tell the axes of a {ndim}D array of shape {tuple(shape)}",
+        fix=Fix(
+            tuple(Setting("axes", example) for example in _EXAMPLES[ndim]),
+            then=" (one of T, C, Z, Y, X per dimension, in the array's order)",
+        ),
     )
 
 
@@ -194,17 +217,21 @@ def plan_layout(
     size = dict(zip(axes, shape, strict=True))
     time = _choose("time", "T", size.get("T"), time, source)
     if time is None and size.get("T", 1) > 1:
-        raise ValueError(
-            f"{source} has {size['T']} time points (axes {axes!r}, shape {tuple(shape)}): "
-            f"pick one with time=0..{size['T'] - 1}"
+        raise ArgumentError(
+            f"{source} has {size['T']} time points (axes {axes!r}, shape {tuple(shape)})",
+            fix=Fix((Setting("time", range(size["T"])),), verb="pick one with"),
         )
     channel = _choose("channel", "C", size.get("C"), channel, source)
     n_channels = size.get("C", 1)
     rgb = channel is None and (n_channels == 3 or (n_channels == 4 and rgba))
     if channel is None and n_channels > 1 and not rgb:
-        raise ValueError(
-            f"{source} has {n_channels} channels (axes {axes!r}, shape {tuple(shape)}): "
-            f"pick one with channel=0..{n_channels - 1} (3 channels are read as RGB)"
+        raise ArgumentError(
+            f"{source} has {n_channels} channels (axes {axes!r}, shape {tuple(shape)})",
+            fix=Fix(
+                (Setting("channel", range(n_channels)),),
+                verb="pick one with",
+                then=" (3 channels are read as RGB)",
+            ),
         )
     return Layout(axes, tuple(int(n) for n in shape), time, channel, rgb)
 
@@ -249,24 +276,24 @@ def resolve_layout(
     if 0 in shape:
         raise ValueError(f"{source} is empty: shape {shape} has a zero-length axis")
     if axes is not None:
-        letters, rgba = check_axes(axes, len(shape), origin=f"axes={axes!r}"), False
+        letters, rgba = check_axes(axes, len(shape), origin=source, given=True), False
     elif declared is not None:
         letters = check_axes(declared, len(shape), origin=declared_origin)
     else:
-        letters, rgba = infer_axes(shape), True
+        letters, rgba = infer_axes(shape, source=source), True
     return plan_layout(shape, letters, time=time, channel=channel, rgba=rgba, source=source)
 
 
 def _choose(name: str, letter: str, size: int | None, value: int | None, source: str) -> int | None:
     if value is None:
         return None
-    if size is None:
-        raise ValueError(f"{name}={value} given but {source} has no {letter} axis")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name}= must be an integer, got {value!r}")
+    if size is None:
+        raise ArgumentError(Setting(name, int(value)), f" given but {source} has no {letter} axis")
     if not 0 <= value < size:
-        raise ValueError(
-            f"{name}={value} is out of range: {source} has {size} along {letter} "
-            f"(valid: 0..{size - 1})"
+        raise ArgumentError(
+            Setting(name, int(value)),
+            f" is out of range: {source} has {size} along {letter} (valid: 0..{size - 1})",
         )
     return int(value)

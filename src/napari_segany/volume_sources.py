@@ -8,17 +8,22 @@ declare, and a way to close the file behind it. Nothing here reads pixel data.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 import zarr.storage
 from zarr.abc.store import Store
 
+from .argument_errors import ArgumentError, Setting
 from .volume_axes import ngff_axes, tiff_axes
+
+if TYPE_CHECKING:
+    import tifffile
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 _ZARR_METADATA = (".zarray", ".zgroup", "zarr.json")
@@ -118,11 +123,19 @@ def _open_path(path: Path, level: int) -> RawSource:
                 f"{str(path)!r} is a directory but not a zarr store (no .zarray, .zgroup or "
                 "zarr.json in it)"
             )
-        return _open_zarr_node(
-            zarr.open(zarr.storage.LocalStore(path, read_only=True), mode="r"), level, str(path)
-        )
+        try:
+            node = zarr.open(zarr.storage.LocalStore(path, read_only=True), mode="r")
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            # zarr's own words (a JSON parser's, a missing key's) do not say which store.
+            raise ValueError(
+                f"{str(path)!r} is not a readable zarr store: its metadata cannot be read "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        return _open_zarr_node(node, level, str(path))
     if path.name.lower().endswith(TIFF_SUFFIXES):
         return _open_tiff(path, level)
+    if path.name.lower().endswith(".zarr"):
+        raise ValueError(f"{str(path)!r} is a file, but a zarr store is a directory")
     raise ValueError(
         f"unsupported file type {''.join(path.suffixes) or '(no suffix)'!r} for {str(path)!r}: "
         "napari-segany opens TIFF files (.tif, .tiff, .ome.tif) and zarr / OME-Zarr "
@@ -130,10 +143,47 @@ def _open_path(path: Path, level: int) -> RawSource:
     )
 
 
-def _open_tiff(path: Path, level: int) -> RawSource:
+def open_tiff(path: str | os.PathLike[str]) -> tifffile.TiffFile:
+    """Open a TIFF file with tifffile; an error names the file.
+
+    Returns
+    -------
+    tifffile.TiffFile
+        Open: close it (or use it as a context manager).
+
+    Raises
+    ------
+    ValueError
+        The file is not a TIFF file (empty, another format) or its header is corrupt.
+    OSError
+        The file cannot be read (missing, a directory, permission denied).
+    """
     import tifffile  # only TIFF sources pay for the import
 
-    tiff = tifffile.TiffFile(path)
+    try:
+        return tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, struct.error) as exc:
+        raise ValueError(_not_tiff(Path(path), exc)) from exc
+
+
+def _not_tiff(path: Path, error: Exception) -> str:
+    """Why tifffile refused ``path``, in a line that names it."""
+    import tifffile
+
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not head:
+        return f"{str(path)!r} is not a TIFF file: it is empty"
+    if head[:2] not in (b"II", b"MM"):
+        return f"{str(path)!r} is not a TIFF file (it starts with {head!r})"
+    if isinstance(error, struct.error):  # a header cut short
+        return f"{str(path)!r} is not a readable TIFF file: it ends within its header"
+    what = str(error) if isinstance(error, tifffile.TiffFileError) else type(error).__name__
+    return f"{str(path)!r} is not a readable TIFF file: {what}"
+
+
+def _open_tiff(path: Path, level: int) -> RawSource:
+    tiff = open_tiff(path)
     try:
         if not tiff.series:
             raise ValueError(f"{str(path)!r} holds no image")
@@ -232,8 +282,8 @@ def _open_pyramid(levels: list, level: int) -> RawSource:
 
 def _check_level(level: int, n_levels: int, where: str) -> None:
     if level >= n_levels:
-        have = "1 level (level=0)" if n_levels == 1 else f"{n_levels} levels (0..{n_levels - 1})"
-        raise ValueError(f"level={level} is out of range: {where} has {have}")
+        have = "1 level (0)" if n_levels == 1 else f"{n_levels} levels (0..{n_levels - 1})"
+        raise ArgumentError(Setting("level", level), f" is out of range: {where} has {have}")
 
 
 def _is_array_like(obj: Any) -> bool:
