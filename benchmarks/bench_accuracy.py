@@ -39,8 +39,8 @@ from _timing import (
     summarize,
     write_json,
 )
-from napari_segany.evaluate import fit_labels, read_labels
-from napari_segany.evaluate_prompts import deepest_point, tight_box
+from napari_segany.evaluate.prompts import deepest_point, tight_box
+from napari_segany.evaluate.runs import fit_labels, read_labels
 from napari_segany.segmenter import Segmenter
 
 VARIANTS = {"plain": False, "refined": True}

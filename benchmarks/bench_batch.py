@@ -31,7 +31,7 @@ spread through the stack, in a child of its own.
 
 Torch threads: by default each process keeps the package's choice, which is what a user
 gets: torch's default in-process (all cores), and on a LocalCluster the cores divided
-among the workers (``napari_segany.batch_cluster.local_cluster_size``). ``--threads N``
+among the workers (``napari_segany.batch.cluster.local_cluster_size``). ``--threads N``
 sets N threads in every process that segments (``torch_threads=N``). The JSON records
 the threads of each configuration.
 
@@ -137,7 +137,7 @@ def _child_batch(spec: dict[str, Any], params: Any) -> dict[str, Any]:
     import torch
 
     from napari_segany import segment_files
-    from napari_segany.batch_cluster import local_cluster_size
+    from napari_segany.batch.cluster import local_cluster_size
 
     config = spec["config"]
     workers = {"here": None, "local1": 1, "local2": 2}[config]

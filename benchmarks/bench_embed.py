@@ -53,7 +53,7 @@ from _timing import interleaved, machine, markdown_table, summarize, write_json
 from napari_segany.embeddings import EmbeddingStore, embed
 from napari_segany.model import SamModel, load_model
 from napari_segany.sample_data import nuclei_volume
-from napari_segany.volume import Volume, open_volume
+from napari_segany.volume.volume import Volume, open_volume
 
 GPU_NOTE = (
     "not measured: GPU figures (slices per second and fraction of the card's bf16 peak "
@@ -168,7 +168,7 @@ CHILD = textwrap.dedent(
     from napari_segany.embeddings import embed
     from napari_segany.model import load_model
     from napari_segany.tiling import tile_grid
-    from napari_segany.volume import open_volume
+    from napari_segany.volume.volume import open_volume
 
     after_import = status()
     model = load_model("mobile_sam", device="cpu", progress=False)

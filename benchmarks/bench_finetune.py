@@ -30,7 +30,7 @@ import numpy as np
 
 import napari_segany as sg
 from _timing import find_pairs, machine, markdown_table, peak_mb, write_json
-from napari_segany.evaluate import fit_labels, read_labels
+from napari_segany.evaluate.runs import fit_labels, read_labels
 from napari_segany.segmenter import Segmenter
 
 SCORES = ("click", "box", "clicks8")

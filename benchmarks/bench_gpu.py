@@ -84,7 +84,7 @@ from napari_segany.models.fast import fold_batchnorm, set_fused_attention
 from napari_segany.preprocess import model_input
 from napari_segany.sample_data import nuclei_volume
 from napari_segany.tiling import tile_grid
-from napari_segany.volume import Volume
+from napari_segany.volume.volume import Volume
 from napari_segany.weights import cached_path, fetch, get_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent

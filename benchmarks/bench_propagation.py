@@ -122,7 +122,7 @@ def automatic(model: sg.SamModel, args) -> dict:
     seconds = time.perf_counter() - t0
     found = {"linked": linked}
     if untrimmed:
-        from napari_segany.automatic import _trim_ends
+        from napari_segany.automatic.segment import _trim_ends
 
         trimmed = linked.copy()
         _trim_ends(trimmed, range(len(trimmed)), segmenter.store.volume.model_slice, 0.4)

@@ -22,7 +22,7 @@ from napari_segany.embeddings import (
 )
 from napari_segany.model import SamModel, load_model
 from napari_segany.sample_data import nuclei_volume
-from napari_segany.volume import open_volume
+from napari_segany.volume.volume import open_volume
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,7 @@ CHILD = textwrap.dedent(
     from napari_segany.embeddings import embed
     from napari_segany.model import load_model
     from napari_segany.sample_data import nuclei_volume
-    from napari_segany.volume import open_volume
+    from napari_segany.volume.volume import open_volume
 
     order = sys.argv[2]
     torch.set_num_threads(int(sys.argv[3]))

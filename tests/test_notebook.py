@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_segany.labels import LabelsStore
+from napari_segany.labels.store import LabelsStore
 from napari_segany.sample_data import nuclei_volume
 
 from .conftest import _display_problem

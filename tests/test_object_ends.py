@@ -16,9 +16,9 @@ import pytest
 from scipy import ndimage
 
 import napari_segany as sg
-from napari_segany.automatic import AutomaticParams, _trim_ends
-from napari_segany.automatic_write import StoreWriter
-from napari_segany.labels import LabelsStore
+from napari_segany.automatic.segment import AutomaticParams, _trim_ends
+from napari_segany.automatic.write import StoreWriter
+from napari_segany.labels.store import LabelsStore
 from napari_segany.object_ends import (
     GAP,
     MIN_CONTRAST,

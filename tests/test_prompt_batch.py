@@ -138,7 +138,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _labels(path: Path) -> np.ndarray:
-    from napari_segany.labels import LabelsStore
+    from napari_segany.labels.store import LabelsStore
 
     with LabelsStore.open(path, read_only=True) as store:
         return store.read()
@@ -162,10 +162,10 @@ def test_objects_are_segmented_through_the_stack(run: dict) -> None:
 @pytest.mark.slow
 def test_the_log_replays_to_the_same_labels(run: dict) -> None:
     from napari_segany.embeddings import embed
-    from napari_segany.labels import LabelsStore
+    from napari_segany.labels.store import LabelsStore
     from napari_segany.replay import replay
     from napari_segany.segmenter import Segmenter
-    from napari_segany.volume import open_volume
+    from napari_segany.volume.volume import open_volume
 
     result, model = run["result"], run["model"]
     store = embed(open_volume(run["source"]), model, result.embeddings, compute=False)

@@ -29,7 +29,7 @@ from hypothesis.extra import numpy as hnp
 
 import napari_segany as sg
 from napari_segany.cli import main
-from napari_segany.labels import MAX_ID
+from napari_segany.labels.store import MAX_ID
 from napari_segany.propagate import PROJECTIONS, StopRule
 from napari_segany.segmenter import Prediction, Prompt, Segmenter
 
@@ -389,7 +389,7 @@ def test_propagate_gives_a_volume_or_names_the_problem(
 
 # Values span every float's range: beyond float32, ranges narrower than float32 can scale,
 # flat images of values from 2**53 up, float16 ranges beyond float16 (found by this file,
-# fixed in intensity.py; pinned by test_extreme_intensities_are_scaled_or_refused).
+# fixed in volume/intensity.py; pinned by test_extreme_intensities_are_scaled_or_refused).
 NOT_NUMBERS = st.sampled_from([math.nan, math.inf, -math.inf])
 VOLUME_DTYPES = st.sampled_from([np.int8, np.uint8, np.uint16, np.int32, np.float16]) | (
     st.sampled_from([np.float32, np.float64, np.dtype(">f4"), bool, np.complex64])

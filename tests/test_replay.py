@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import napari_segany as sg
-from napari_segany.labels import LabelsStore
+from napari_segany.labels.store import LabelsStore
 from napari_segany.replay import annotate, prompt_from_record, prompt_record, replay
 from napari_segany.segmenter import Prompt, Segmenter
 

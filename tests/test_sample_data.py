@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 from scipy import ndimage
 
-from napari_segany._sample_data import coins_sample, nuclei_sample
+from napari_segany._napari.sample_data import coins_sample, nuclei_sample
 from napari_segany.sample_data import coins, nuclei_volume
 
 

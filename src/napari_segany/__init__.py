@@ -37,7 +37,7 @@ _EXPORTS = {
     "link_slices": "automatic",
     "SliceLinker": "automatic",
     "AutomaticParams": "automatic",
-    "learn_params": "automatic_learn",
+    "learn_params": "automatic",
     "segment_files": "batch",
     "BatchResult": "batch",
     "read_prompts": "prompt_batch",
@@ -103,32 +103,32 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .automatic import (
+    from .automatic.learn import learn_params
+    from .automatic.segment import (
         AutomaticParams,
         SliceLinker,
         link_slices,
         segment_automatic,
         segment_slice,
     )
-    from .automatic_learn import learn_params
-    from .batch import BatchResult, segment_files
+    from .batch.segment import BatchResult, segment_files
     from .damage import DamagedChunkError
     from .device import choose_device
     from .embeddings import EmbeddingStore, NotEmbeddedError, StoreMismatchError, embed
-    from .evaluate import (
+    from .evaluate.runs import (
         InteractiveReport,
         PropagationReport,
         evaluate_in_3d,
         evaluate_interactive,
     )
-    from .finetuning import FinetuneCancelled, FinetuneReport, finetune
-    from .labels import LabelsStore, StoreLockedError
+    from .finetuning.run import FinetuneCancelled, FinetuneReport, finetune
+    from .labels.store import LabelsStore, StoreLockedError
     from .model import CheckpointError, ImageEmbedding, SamModel, load_model
     from .prompt_batch import read_prompts, segment_with_prompts
     from .propagate import PropagationCancelled, StopRule
     from .segmenter import Prediction, Prompt, Segmenter
     from .store_check import CheckReport, check_store
-    from .volume import Volume, open_volume
+    from .volume.volume import Volume, open_volume
     from .weights import UnknownModelError, WeightsError, fetch, list_models
 
 

@@ -23,7 +23,7 @@ from .demo_pipeline import PipelineResult, run_pipeline
 from .model import load_model
 from .overlay import overlay, save_png
 from .sample_data import nuclei_volume
-from .volume import open_volume
+from .volume.volume import open_volume
 
 
 @dataclass(frozen=True)

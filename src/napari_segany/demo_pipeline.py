@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .automatic import segment_automatic
+from .automatic.segment import segment_automatic
 from .embeddings import embed
-from .labels import LabelsStore
+from .labels.store import LabelsStore
 from .model import SamModel
 from .overlay import overlay, save_png
 from .scores import instance_scores
 from .segmenter import Segmenter
-from .volume import Volume
+from .volume.volume import Volume
 
 
 @dataclass(frozen=True)

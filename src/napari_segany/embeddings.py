@@ -38,7 +38,7 @@ from .model import ImageEmbedding, same_encoder
 from .models import input_size
 from .staging import remove_leftovers, staging_path
 from .tiling import TileGrid, Window, tile_grid
-from .volume import Volume, open_volume
+from .volume.volume import Volume, open_volume
 
 if TYPE_CHECKING:
     from .model import SamModel

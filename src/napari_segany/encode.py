@@ -19,7 +19,7 @@ from .tiling import TileGrid
 
 if TYPE_CHECKING:
     from .model import SamModel
-    from .volume import Volume
+    from .volume.volume import Volume
 
 #: Rough peak memory of one image through each encoder in bf16 on a GPU (activations,
 #: attention matrices), used only to size batches; erring high costs some throughput.

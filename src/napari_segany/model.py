@@ -124,7 +124,7 @@ class SamModel:
     """A SAM network loaded on a device, ready for inference.
 
     Use :func:`load_model` to make one. Images go in as ``(H, W)`` grey or ``(H, W, 3)`` RGB
-    arrays already scaled to 0-255 (see :mod:`napari_segany.intensity`); prompts are in
+    arrays already scaled to 0-255 (see :mod:`napari_segany.volume.intensity`); prompts are in
     image pixels, NumPy order.
 
     Attributes
@@ -310,7 +310,7 @@ class SamModel:
 
 def _with_base(checkpoint: Mapping[str, object], path: Path, progress: bool) -> dict:
     """A decoder-only file's parameters over those of its base model's checkpoint."""
-    from .finetune_checkpoint import read_decoder_file
+    from .finetuning.checkpoint import read_decoder_file
     from .weights import UnknownModelError, resolve_checkpoint
 
     base, tuned = read_decoder_file(checkpoint, path)
@@ -403,7 +403,7 @@ def load_model(
             f"{path} could not be read as a torch checkpoint with weights_only=True "
             f"(only plain tensors are loaded, never code): {type(err).__name__}: {err}"
         ) from None
-    from .finetune_checkpoint import is_decoder_file
+    from .finetuning.checkpoint import is_decoder_file
 
     if is_decoder_file(checkpoint):
         state = _with_base(checkpoint, Path(path), progress)

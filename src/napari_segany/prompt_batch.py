@@ -134,7 +134,7 @@ def read_prompts(path: str | os.PathLike[str], *, name: str = "segany") -> list[
 
 
 def _read_store(path: Path, name: str) -> list[ObjectPrompt]:
-    from .labels import LabelsStore
+    from .labels.store import LabelsStore
     from .replay import KIND, prompt_from_record
 
     with LabelsStore.open(path, name=name, read_only=True) as store:
@@ -330,13 +330,13 @@ def segment_with_prompts(
     """
     from tqdm.auto import tqdm
 
-    from .batch_files import _model_tag
+    from .batch.files import _model_tag
     from .embeddings import embed
-    from .labels import LabelsStore
+    from .labels.store import LabelsStore
     from .model import SamModel, load_model
     from .replay import annotate
     from .segmenter import Segmenter
-    from .volume import Volume, open_volume
+    from .volume.volume import Volume, open_volume
 
     objects = read_prompts(prompts) if isinstance(prompts, str | os.PathLike) else list(prompts)
     if not objects:

@@ -1,7 +1,7 @@
 """Annotations that can be replayed: prompts in, masks out, written down as they happen.
 
 :func:`annotate` segments one object from its prompts (optionally carried through z),
-commits it to a :class:`~napari_segany.labels.LabelsStore` and puts everything needed to
+commits it to a :class:`~napari_segany.labels.store.LabelsStore` and puts everything needed to
 do it again into the store's annotation log. :func:`replay` redoes the live log entries
 from the embeddings and returns the labels they give, so a segmentation can be reviewed,
 reproduced, or recomputed with another model.
@@ -18,7 +18,7 @@ from .propagate import StopRule
 from .segmenter import Prompt
 
 if TYPE_CHECKING:
-    from .labels import LabelsStore
+    from .labels.store import LabelsStore
     from .model import SamModel
     from .segmenter import Prediction, Segmenter
 

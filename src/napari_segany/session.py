@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from .embeddings import EmbeddingStore, StoreMismatchError, embed
-from .labels import LabelsStore
-from .labels_lock import StoreLockedError
+from .labels.lock import StoreLockedError
+from .labels.store import LabelsStore
 from .model import SamModel
 from .propagate import StopRule
 from .replay import annotation_record
 from .segmenter import Prediction, Prompt, Segmenter
-from .volume import Volume, open_volume
+from .volume.volume import Volume, open_volume
 from .workspace import LABELS, embeddings_name, workspace_for
 
 
@@ -415,15 +415,15 @@ class Session:
 
         ``follow_labels``: look for objects like the ones already in the labels ("segment
         the rest"): the parameters are learnt from them by
-        :func:`napari_segany.automatic_learn.learn_params`, starting from ``params``
+        :func:`napari_segany.automatic.learn.learn_params`, starting from ``params``
         (seeded mode, at their scale and brightness). It raises ValueError, with a
         one-line message, when fewer than 3 objects are labelled.
         """
-        from .automatic import segment_automatic
+        from .automatic.segment import segment_automatic
 
         with self._write_lock:
             if follow_labels:
-                from .automatic_learn import learn_params
+                from .automatic.learn import learn_params
 
                 params = learn_params(self.volume, self.labels.read(), params)
             known = {entry["id"] for entry in self.labels.log()}

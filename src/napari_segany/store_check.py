@@ -8,7 +8,7 @@
   segments only them and links the volume's labels anew.
 - Labels (an OME-Zarr holding ``labels/<name>``, or the label image): every chunk of every
   level and every saved box of the journal. Repair rebuilds damaged chunks from the journal
-  (:mod:`.labels_repair`); labels a batch run wrote are linked again from their slices.
+  (:mod:`.labels.repair`); labels a batch run wrote are linked again from their slices.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def check_store(
 
 def store_kind(path: Path) -> str:
     """Which of our stores is at ``path``."""
-    from .batch_slices import FORMAT as SLICES_FORMAT
+    from .batch.slices import FORMAT as SLICES_FORMAT
     from .embeddings import FORMAT as EMBEDDINGS_FORMAT
 
     if (path / "zarr.json").is_file():
@@ -182,7 +182,7 @@ def _check_embeddings(
 
 def _reopen_source(signature: dict[str, Any], report: CheckReport) -> Any:
     """The store's source, opened as it was for embedding; None (and why) if it cannot be."""
-    from .volume import open_volume
+    from .volume.volume import open_volume
 
     source = signature.get("source", {})
     if "path" not in source:
@@ -222,7 +222,7 @@ def _model_for(
 
 
 def _check_slices(path: Path, repair: bool, model: Any, device: str, progress: bool) -> CheckReport:
-    from .batch_slices import SliceStore
+    from .batch.slices import SliceStore
 
     store = SliceStore.open(path)
     report = CheckReport(path, SLICES, f"{len(store)} slices")
@@ -248,9 +248,9 @@ def _segment_again(
 ) -> None:
     """Run the batch segmentation of the slice store's source again, in its folder (it
     segments the slices not done and links the labels anew)."""
-    from .automatic import AutomaticParams
-    from .batch import segment_files
-    from .batch_files import source_name
+    from .automatic.segment import AutomaticParams
+    from .batch.files import source_name
+    from .batch.segment import segment_files
     from .embeddings import EmbeddingStore
 
     stem = slices.path.name[: -len(".slices.zarr")]
@@ -303,12 +303,12 @@ def _label_names(path: Path) -> list[tuple[Path, str]]:
 
 
 def _check_labels(path: Path, repair: bool, model: Any, device: str, progress: bool) -> CheckReport:
-    from .labels import LabelsStore
-    from .labels_files import SIDECAR
-    from .labels_journal import Journal
-    from .labels_layout import open_levels
-    from .labels_lock import WriterLock
-    from .labels_repair import find_damage, rebuild
+    from .labels.files import SIDECAR
+    from .labels.journal import Journal
+    from .labels.layout import open_levels
+    from .labels.lock import WriterLock
+    from .labels.repair import find_damage, rebuild
+    from .labels.store import LabelsStore
 
     names = _label_names(path)
     report = CheckReport(path, LABELS, f"{len(names)} label image(s)")
@@ -380,7 +380,7 @@ def _batch_output(root: Path) -> Path | None:
 def _relink(
     root: Path, model: Any, device: str, progress: bool, report: CheckReport, chunks: list[str]
 ) -> None:
-    from .batch_slices import SliceStore
+    from .batch.slices import SliceStore
 
     slices = SliceStore.open(_batch_output(root))  # type: ignore[arg-type]
     slices.mark_linked(None)  # the batch run then links them again
