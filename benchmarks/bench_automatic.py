@@ -66,7 +66,8 @@ def crops(data: Path, only: list[str] | None, side: int) -> list[Crop]:
 def run_config(args: argparse.Namespace) -> list[dict]:
     """One configuration over every crop, in this process."""
     import napari_segany as sg
-    from napari_segany.automatic.segment import AutomaticParams, segment_slice
+    from napari_segany.automatic.params import AutomaticParams
+    from napari_segany.automatic.segment import segment_slice
     from napari_segany.scores import instance_scores, segmentation_accuracy
 
     model = sg.load_model(args.model, progress=False)

@@ -16,7 +16,8 @@ import pytest
 from scipy import ndimage
 
 import napari_segany as sg
-from napari_segany.automatic.segment import AutomaticParams, _trim_ends
+from napari_segany.automatic.params import AutomaticParams
+from napari_segany.automatic.segment import _trim_ends
 from napari_segany.automatic.write import StoreWriter
 from napari_segany.labels.store import LabelsStore
 from napari_segany.object_ends import (

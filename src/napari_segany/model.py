@@ -16,16 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint_files import (
+    CheckpointError,
+    is_decoder_file,
+    state_dict_of,
+    weights_sha256,
+    with_base,
+)
 from .device import choose_device, keep_large_allocations
 from .models import Sam, build_sam, infer_architecture
 from .models.fast import fold_batchnorm, set_fused_attention
 from .models.fast_decoder import FastDecoder
 from .preprocess import model_input
 from .prompts import as_tensor, boxes_to_model, points_to_model
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used for the asked-for architecture."""
 
 
 @dataclass(frozen=True)
@@ -61,34 +64,6 @@ class Decoded:
 
     low_res_logits: torch.Tensor
     iou: torch.Tensor
-
-
-def _state_dict_of(checkpoint: object, path: Path) -> Mapping[str, torch.Tensor]:
-    """The SAM state dict inside a loaded checkpoint (bare, or wrapped as some trainers save)."""
-    if isinstance(checkpoint, Mapping):
-        if any(k.startswith("image_encoder.") for k in checkpoint):
-            return checkpoint
-        for key in ("model_state", "state_dict", "model"):
-            inner = checkpoint.get(key)
-            if isinstance(inner, Mapping) and any(k.startswith("image_encoder.") for k in inner):
-                return inner
-    raise CheckpointError(
-        f"{path} is not a SAM checkpoint: no 'image_encoder.*' parameters found in it"
-    )
-
-
-ENCODER = "image_encoder."
-
-
-def weights_sha256(state: Mapping[str, torch.Tensor], prefix: str = ENCODER) -> str:
-    """A sha256 of the parameters whose names start with ``prefix``: names, dtypes, shapes
-    and values, in name order; the same however the checkpoint file was written."""
-    digest = hashlib.sha256()
-    for key in sorted(k for k in state if k.startswith(prefix)):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def same_encoder(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -308,27 +283,6 @@ class SamModel:
         return out.reshape(*lead, *out.shape[-2:])
 
 
-def _with_base(checkpoint: Mapping[str, object], path: Path, progress: bool) -> dict:
-    """A decoder-only file's parameters over those of its base model's checkpoint."""
-    from .finetuning.checkpoint import read_decoder_file
-    from .weights import UnknownModelError, resolve_checkpoint
-
-    base, tuned = read_decoder_file(checkpoint, path)
-    try:  # a registry model, fetched and verified; else the file it was tuned from
-        base_path, _ = resolve_checkpoint(str(base["name"]), progress=progress)
-    except UnknownModelError:
-        base_path, _ = resolve_checkpoint(str(base.get("checkpoint")), progress=progress)
-    loaded = torch.load(base_path, map_location="cpu", weights_only=True)
-    state = dict(_state_dict_of(loaded, base_path))
-    if base.get("encoder_sha256") and weights_sha256(state) != base["encoder_sha256"]:
-        raise CheckpointError(
-            f"{path} was tuned from {base['name']!r} with another image encoder than the "
-            f"{base_path} found now: fetch the checkpoint it was tuned from"
-        )
-    state.update(tuned)
-    return state
-
-
 _PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -403,12 +357,10 @@ def load_model(
             f"{path} could not be read as a torch checkpoint with weights_only=True "
             f"(only plain tensors are loaded, never code): {type(err).__name__}: {err}"
         ) from None
-    from .finetuning.checkpoint import is_decoder_file
-
     if is_decoder_file(checkpoint):
-        state = _with_base(checkpoint, Path(path), progress)
+        state = with_base(checkpoint, Path(path), progress)
     else:
-        state = _state_dict_of(checkpoint, path)
+        state = state_dict_of(checkpoint, path)
     if entry is not None:
         arch = entry.architecture
     else:

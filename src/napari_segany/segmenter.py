@@ -505,7 +505,8 @@ class Segmenter:
             marked[0 if z is None else z] = mask
         if not marked:
             raise ValueError("give the object's mask on a slice (z=..., mask=...) or annotations")
-        from .propagate import propagate_objects  # the module builds on this one
+        # A deliberate loop: propagate builds on Segmenter; this method is a shortcut to it.
+        from .propagate import propagate_objects
 
         return propagate_objects(
             self,

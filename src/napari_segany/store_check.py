@@ -248,7 +248,7 @@ def _segment_again(
 ) -> None:
     """Run the batch segmentation of the slice store's source again, in its folder (it
     segments the slices not done and links the labels anew)."""
-    from .automatic.segment import AutomaticParams
+    from .automatic.params import AutomaticParams
     from .batch.files import source_name
     from .batch.segment import segment_files
     from .embeddings import EmbeddingStore

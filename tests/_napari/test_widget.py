@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from napari_segany import LabelsStore
 from napari_segany._napari.widget import SHORTCUTS, SegmentAnythingWidget, slice_ranges
-from napari_segany.automatic.segment import AutomaticParams
+from napari_segany.automatic.params import AutomaticParams
 from napari_segany.propagate import PropagationCancelled
 from napari_segany.sample_data import coins, nuclei_volume
 

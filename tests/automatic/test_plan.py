@@ -21,8 +21,9 @@ import napari_segany as sg
 from napari_segany.automatic.image import background_hint, blob_seeds
 from napari_segany.automatic.learn import learn_params
 from napari_segany.automatic.masks import BYTES_PER_PROMPT_TOKEN, batch_size
+from napari_segany.automatic.params import AutomaticParams
 from napari_segany.automatic.plan import Plan, grid_points, grid_rounds
-from napari_segany.automatic.segment import AutomaticParams, segment_slice
+from napari_segany.automatic.segment import segment_slice
 from napari_segany.sample_data import nuclei_volume
 from napari_segany.scores import iou_matrix
 from napari_segany.segmenter import Segmenter
@@ -323,7 +324,8 @@ MEASURE = """
 import sys
 import numpy as np
 import napari_segany as sg
-from napari_segany.automatic.segment import AutomaticParams, segment_slice
+from napari_segany.automatic.params import AutomaticParams
+from napari_segany.automatic.segment import segment_slice
 from napari_segany.sample_data import nuclei_volume
 
 def peak_mb():

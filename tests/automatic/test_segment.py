@@ -19,8 +19,9 @@ import napari_segany as sg
 from napari_segany.automatic.link import SliceLinker, link_slices, match_objects
 from napari_segany.automatic.masks import Candidate, clean_mask, stability_score
 from napari_segany.automatic.nms import box_iou, box_nms, mask_iou, mask_nms
+from napari_segany.automatic.params import AutomaticParams
 from napari_segany.automatic.plan import grid_points
-from napari_segany.automatic.segment import AutomaticParams, paint, segment_slice
+from napari_segany.automatic.segment import paint, segment_slice
 from napari_segany.automatic.write import StoreWriter
 from napari_segany.labels.store import LabelsStore
 from napari_segany.sample_data import nuclei_volume

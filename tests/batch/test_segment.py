@@ -26,7 +26,8 @@ import zarr
 from ome_zarr_models.v05 import ImageLabel
 
 import napari_segany as sg
-from napari_segany.automatic.segment import AutomaticParams, link_slices
+from napari_segany.automatic.params import AutomaticParams
+from napari_segany.automatic.segment import link_slices
 from napari_segany.batch.cluster import SchedulerUnreachableError, local_cluster_size
 from napari_segany.batch.files import expand_sources, plan_outputs, source_name
 from napari_segany.batch.labels import LinkedSlices, write_labels

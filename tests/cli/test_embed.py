@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from napari_segany.cli import main
-from napari_segany.cli.main import default_store_path
+from napari_segany.cli.embed import default_store_path
 from napari_segany.embeddings import EmbeddingStore
 from napari_segany.sample_data import nuclei_volume
 from napari_segany.volume.volume import open_volume

@@ -23,7 +23,7 @@ import zarr
 
 from napari_segany.argument_errors import ArgumentError, Blank, Fix, Setting
 from napari_segany.cli import main
-from napari_segany.cli.main import describe
+from napari_segany.cli.errors import describe
 from napari_segany.volume.volume import open_volume
 
 

@@ -15,7 +15,7 @@ import pytest
 from scipy import ndimage
 
 from napari_segany import __version__, load_model, open_volume, weights
-from napari_segany.automatic.segment import MODES, AutomaticParams, with_overrides
+from napari_segany.automatic.params import MODES, AutomaticParams, with_overrides
 from napari_segany.cli import main
 from napari_segany.finetuning.data import MIN_OBJECTS
 from napari_segany.labels.store import LabelsStore

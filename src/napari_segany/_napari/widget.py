@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..automatic.segment import AutomaticParams
+from ..automatic.params import AutomaticParams
 from ..device import keep_large_allocations
 from ..embeddings import NotEmbeddedError
 from ..propagate import PropagationCancelled, StopRule

@@ -1,13 +1,12 @@
-"""Automatic segmentation: every object of a slice or a volume without prompts, linked through
-z.
+"""Automatic segmentation: every object of a slice or a volume without prompts, linked
+through z.
 """
 
 from __future__ import annotations
 
 from .learn import learn_params
+from .params import MODES, AutomaticParams
 from .segment import (
-    MODES,
-    AutomaticParams,
     SegmentationCancelled,
     SliceLinker,
     link_slices,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from .segment import AutomaticParams
+from .params import AutomaticParams
 
 if TYPE_CHECKING:
     from ..volume.volume import Volume

@@ -30,7 +30,7 @@ from .plan import Plan
 if TYPE_CHECKING:
     from ..model import ImageEmbedding, SamModel
     from ..tiling import Window
-    from .segment import AutomaticParams
+    from .params import AutomaticParams
 
 #: How far the stability on the decoder's 256 x 256 grid may fall below the threshold for
 #: a mask still to be upscaled and scored exactly; on the test nuclei the grid's score

@@ -32,7 +32,7 @@ import numpy as np
 from .image import background_hint, blob_seeds
 
 if TYPE_CHECKING:
-    from .segment import AutomaticParams
+    from .params import AutomaticParams
 
 __all__ = ["Plan", "grid_points", "grid_rounds"]
 

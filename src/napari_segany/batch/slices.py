@@ -30,7 +30,7 @@ import zarr
 
 from .. import damage
 from ..argument_errors import Fix, Setting
-from ..automatic.segment import AutomaticParams
+from ..automatic.params import AutomaticParams
 from ..embeddings import StoreMismatchError
 from ..staging import remove_leftovers, staging_path
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from ..automatic.segment import AutomaticParams
+from ..automatic.params import AutomaticParams
 from .files import Outputs
 from .labels import export_tiff, write_labels
 from .run import Work

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin, get_worker
 
-from ..automatic.segment import AutomaticParams, segment_slice
+from ..automatic.params import AutomaticParams
+from ..automatic.segment import segment_slice
 from .slices import SliceStore
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ __all__ = ["add_evaluate", "default_out", "evaluate"]
 
 def add_evaluate(commands: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand to the ``napari-segany`` parser."""
-    from .main import _count
+    from .options import count_arg
 
     parser = commands.add_parser(
         "evaluate",
@@ -49,7 +49,7 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--iterations",
         metavar="N",
-        type=_count,
+        type=count_arg,
         default=8,
         help="corrective clicks after the first prompt (default: %(default)s)",
     )
@@ -72,7 +72,7 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--corrections",
         metavar="N",
-        type=_count,
+        type=count_arg,
         default=0,
         help="with --in-3d: corrections on each object's worst slice after propagation, "
         "each followed by propagation again (default: %(default)s)",
@@ -86,7 +86,7 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 def default_out(image: str | os.PathLike[str]) -> Path:
     """``<image name>.evaluation`` in the current folder (``cells.tif`` -> ``cells.evaluation``)."""
-    from .main import source_stem
+    from .embed import source_stem
 
     return Path(f"{source_stem(image)}.evaluation")
 
@@ -97,12 +97,12 @@ def evaluate(args: argparse.Namespace) -> int:
     from ..evaluate.runs import check_settings, evaluate_in_3d, evaluate_interactive
     from ..model import CheckpointError
     from ..weights import UnknownModelError, WeightsError
-    from .main import _error, unwritable
+    from .errors import fail, unwritable
 
     out = Path(args.out) if args.out else default_out(args.image)
     problem = unwritable(out, "an output folder")
     if problem:
-        return _error(problem)  # before a model is loaded and the image embedded
+        return fail(problem)  # before a model is loaded and the image embedded
     try:
         choose_device(args.device)  # a typo in --device fails before any work
         check_settings(args.start, args.iterations)
@@ -117,13 +117,13 @@ def evaluate(args: argparse.Namespace) -> int:
                 args.model, args.image, args.labels, corrections=args.corrections, **options
             )
         elif args.corrections:
-            return _error("--corrections goes with --in-3d (in 2D, use --iterations)")
+            return fail("--corrections goes with --in-3d (in 2D, use --iterations)")
         else:
             report = evaluate_interactive(
                 args.model, args.image, args.labels, iterations=args.iterations, **options
             )
     except (WeightsError, UnknownModelError, CheckpointError, OSError, ValueError) as exc:
-        return _error(exc)
+        return fail(exc)
     print(report.table())
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 report.plot(out / "evaluation.png"),
             ]
     except OSError as exc:
-        return _error(exc, path=out, doing="cannot write the results into")
+        return fail(exc, path=out, doing="cannot write the results into")
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -38,7 +38,7 @@ __all__ = ["add_finetune", "finetune_command"]
 
 def add_finetune(commands: argparse._SubParsersAction) -> None:
     """Add the ``finetune`` subcommand to the ``napari-segany`` parser."""
-    from .main import _count, _positive
+    from .options import count_arg, positive_arg
 
     parser = commands.add_parser(
         "finetune",
@@ -82,13 +82,13 @@ def add_finetune(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--epochs",
         metavar="N",
-        type=_positive,
+        type=positive_arg,
         help="stop after N passes over the training objects (default: the budget only)",
     )
     parser.add_argument(
         "--seed",
         metavar="N",
-        type=_count,
+        type=count_arg,
         default=0,
         help="seeds the split, the prompts and the order (default: %(default)s)",
     )
@@ -160,7 +160,8 @@ def finetune_command(args: argparse.Namespace) -> int:
     from ..finetuning.run import FinetuneCancelled, finetune
     from ..model import CheckpointError, load_model
     from ..weights import UnknownModelError, WeightsError
-    from .main import _error, _stop_on_ctrl_c
+    from .errors import fail
+    from .options import stop_on_ctrl_c
 
     out = Path(args.out).expanduser()
     try:
@@ -181,7 +182,7 @@ def finetune_command(args: argparse.Namespace) -> int:
             pairs.append(pair)
             how.append(where)
     except (WeightsError, UnknownModelError, CheckpointError, OSError, ValueError) as exc:
-        return _error(exc)
+        return fail(exc)
 
     for item, where in zip(inputs, how, strict=True):
         planes = int(sum(bool(plane.any()) for plane in item.labels))
@@ -194,7 +195,7 @@ def finetune_command(args: argparse.Namespace) -> int:
 
     before = _stamp(out)
     stop = threading.Event()
-    with _stop_on_ctrl_c(stop):
+    with stop_on_ctrl_c(stop):
         try:
             _tuned, report = finetune(
                 pairs,
@@ -211,9 +212,9 @@ def finetune_command(args: argparse.Namespace) -> int:
         except (FinetuneCancelled, KeyboardInterrupt):
             return _interrupted(out, before)
         except OSError as exc:  # a read-only or full file system
-            return _error(exc, path=out, doing="cannot write the checkpoint")
+            return fail(exc, path=out, doing="cannot write the checkpoint")
         except (CheckpointError, ValueError) as exc:
-            return _error(exc)
+            return fail(exc)
 
     print(report.summary())
     if report.checkpoint is not None:
@@ -246,7 +247,7 @@ def finetune_command(args: argparse.Namespace) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(payload, indent=1) + "\n")
         except OSError as exc:
-            return _error(exc, path=path, doing="cannot write the report")
+            return fail(exc, path=path, doing="cannot write the report")
         print(f"wrote   {path}")
     return 0
 
@@ -256,7 +257,7 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 def _check_out(out: Path) -> None:
     """ValueError when the checkpoint cannot go to ``out`` (as far as can be told)."""
-    from .main import _read_only
+    from .errors import is_read_only
 
     if out.is_dir():
         raise ValueError(
@@ -267,7 +268,7 @@ def _check_out(out: Path) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"cannot write the checkpoint {out}: {parent} is a file, not a folder")
-    if _read_only(parent):
+    if is_read_only(parent):
         raise ValueError(
             f"cannot write the checkpoint {out}: {parent} is on a read-only file system"
         )

@@ -28,7 +28,7 @@ _MODES = ("sparse", "seeded", "grid")
 
 def add_segment(commands: argparse._SubParsersAction) -> None:
     """Add the ``segment`` subcommand to the ``napari-segany`` parser."""
-    from .main import _count, _positive
+    from .options import count_arg, positive_arg
 
     parser = commands.add_parser(
         "segment",
@@ -59,20 +59,20 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers",
         metavar="N",
-        type=_positive,
+        type=positive_arg,
         help="worker processes of the local cluster (implies --scheduler local; "
         "default with --scheduler local: one per four cores)",
     )
     parser.add_argument(
         "--threads",
         metavar="N",
-        type=_positive,
+        type=positive_arg,
         help="torch threads of each process that segments (default: the cores shared out)",
     )
     parser.add_argument(
         "--points-per-side",
         metavar="N",
-        type=_positive,
+        type=positive_arg,
         help="the finest grid of N x N point prompts per slice (default: 32)",
     )
     parser.add_argument(
@@ -95,10 +95,10 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--axes", metavar="AXES", help="the sources' axes, e.g. ZYX or TCZYX")
     parser.add_argument(
-        "--level", metavar="N", type=_count, default=0, help="pyramid level, 0 = full resolution"
+        "--level", metavar="N", type=count_arg, default=0, help="pyramid level, 0 = full resolution"
     )
-    parser.add_argument("--channel", metavar="C", type=_count, help="index on the C axis")
-    parser.add_argument("--time", metavar="T", type=_count, help="index on the T axis")
+    parser.add_argument("--channel", metavar="C", type=count_arg, help="index on the C axis")
+    parser.add_argument("--time", metavar="T", type=count_arg, help="index on the T axis")
     parser.add_argument(
         "--timeout",
         metavar="S",
@@ -131,26 +131,27 @@ def segment(args: argparse.Namespace) -> int:
     from ..batch.segment import SchedulerUnreachableError, WorkerModelError, segment_files
     from ..device import choose_device
     from ..model import CheckpointError
-    from .main import _error, _stop_on_ctrl_c, unwritable
+    from .errors import fail, unwritable
+    from .options import stop_on_ctrl_c
 
     if args.prompts is not None:
         return _segment_prompts(args)
     if args.no_propagate:
-        return _error("--no-propagate goes with --prompts")
+        return fail("--no-propagate goes with --prompts")
     client = args.scheduler
     if args.workers is not None:
         if client not in (None, "local"):
-            return _error("--workers sizes a local cluster; it cannot size one at an address")
+            return fail("--workers sizes a local cluster; it cannot size one at an address")
         client = "local"
     out = Path(args.out).expanduser()
     try:
         choose_device(args.device)  # a typo in --device fails before any work
         sources = expand_sources(args.source)
     except (OSError, ValueError) as exc:
-        return _error(exc)
+        return fail(exc)
     problem = unwritable(out, "an output folder")
     if problem:
-        return _error(problem)  # before loading a model or starting a cluster
+        return fail(problem)  # before loading a model or starting a cluster
     where = {None: "this process", "local": "a local dask cluster"}.get(client, client)
     print(f"segmenting {len(sources)} volume(s) into {args.out} with {args.model} on {where}")
     overrides = {
@@ -159,7 +160,7 @@ def segment(args: argparse.Namespace) -> int:
         if value is not None
     }
     stop = threading.Event()
-    with _stop_on_ctrl_c(stop):
+    with stop_on_ctrl_c(stop):
         try:
             results = segment_files(
                 sources,
@@ -185,9 +186,9 @@ def segment(args: argparse.Namespace) -> int:
             print(_INTERRUPTED, file=sys.stderr)
             return 130
         except OSError as exc:  # the output folder (read-only, full), the model's cache
-            return _error(exc, path=out, doing="cannot write into the output folder")
+            return fail(exc, path=out, doing="cannot write into the output folder")
         except (SchedulerUnreachableError, WorkerModelError, CheckpointError, ValueError) as exc:
-            return _error(exc)
+            return fail(exc)
     return _report(results, out)
 
 
@@ -199,10 +200,10 @@ def _segment_prompts(args: argparse.Namespace) -> int:
     from ..device import choose_device
     from ..model import CheckpointError
     from ..prompt_batch import segment_with_prompts
-    from .main import _error, unwritable
+    from .errors import fail, unwritable
 
     if args.scheduler is not None or args.workers is not None:
-        return _error("--prompts runs in this process: drop --scheduler and --workers")
+        return fail("--prompts runs in this process: drop --scheduler and --workers")
     folder = Path(args.out).expanduser()
     try:
         choose_device(args.device)
@@ -214,7 +215,7 @@ def _segment_prompts(args: argparse.Namespace) -> int:
         name = source_name(sources[0])
         problem = unwritable(folder, "an output folder")
         if problem:
-            return _error(problem)
+            return fail(problem)
         out = folder / f"{name}.labels.ome.zarr"
         print(f"segmenting {sources[0]} from {args.prompts} into {out} with {args.model}")
         result = segment_with_prompts(
@@ -235,9 +236,9 @@ def _segment_prompts(args: argparse.Namespace) -> int:
         print("napari-segany: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # the outputs (read-only, full), the prompts file, the source
-        return _error(exc, path=folder, doing="cannot write into the output folder")
+        return fail(exc, path=folder, doing="cannot write into the output folder")
     except (CheckpointError, ValueError) as exc:
-        return _error(exc)
+        return fail(exc)
     print(result.summary())
     if args.tiff:
         from ..labels.store import LabelsStore
@@ -247,7 +248,7 @@ def _segment_prompts(args: argparse.Namespace) -> int:
             with LabelsStore.open(result.labels, read_only=True) as labels:
                 print(f"wrote {labels.to_tiff(tiff)}")
         except OSError as exc:
-            return _error(exc, path=tiff, doing="cannot write")
+            return fail(exc, path=tiff, doing="cannot write")
     return 0
 
 
@@ -259,7 +260,7 @@ _INTERRUPTED = (
 def _report(results: Sequence[BatchResult], out: Path) -> int:
     from dataclasses import replace
 
-    from .main import describe
+    from .errors import describe
 
     for result in results:
         if result.exception is not None:  # said in the command's words

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..model import CheckpointError, SamModel
-
-FORMAT = "napari-segany.decoder"
-VERSION = 1
-TUNED = ("prompt_encoder.", "mask_decoder.")
-"""The parameters fine-tuning changes."""
+from ..checkpoint_files import (
+    FORMAT,
+    TUNED,
+    VERSION,
+    CheckpointError,
+    is_decoder_file,
+    read_decoder_file,
+    state_dict_of,
+    with_base,
+)
+from ..model import SamModel
 
 LARGE = ("vit_b", "vit_l", "vit_h")
 """Architectures whose tuned decoders also get a decoder-only file by default."""
@@ -82,13 +86,11 @@ def save_tuned(
     if base.checkpoint is None:
         raise CheckpointError(f"{base.name} has no checkpoint file to build the tuned one from")
     state = tuned_state(tuned)
-    from ..model import _state_dict_of, _with_base
-
     loaded = torch.load(base.checkpoint, map_location="cpu", weights_only=True)
     if is_decoder_file(loaded):  # tuned again: the whole state comes from its own base
-        whole = _with_base(loaded, Path(base.checkpoint), progress=False)
+        whole = with_base(loaded, Path(base.checkpoint), progress=False)
     else:
-        whole = dict(_state_dict_of(loaded, base.checkpoint))
+        whole = dict(state_dict_of(loaded, base.checkpoint))
     missing = sorted(set(state) - set(whole))
     if missing:
         raise CheckpointError(f"{base.checkpoint} lacks tuned parameters such as {missing[:3]}")
@@ -112,27 +114,6 @@ def save_tuned(
             decoder_path(path),
         )
     return written, small
-
-
-def is_decoder_file(checkpoint: object) -> bool:
-    """Whether a loaded file is a decoder-only file of this package."""
-    return isinstance(checkpoint, Mapping) and checkpoint.get("format") == FORMAT
-
-
-def read_decoder_file(checkpoint: Mapping[str, Any], path: Path) -> tuple[dict[str, Any], dict]:
-    """The base model's description and the tuned parameters of a decoder-only file."""
-    version = checkpoint.get("version")
-    if version != VERSION:
-        raise CheckpointError(
-            f"{path} is a decoder file of version {version!r}; this reads {VERSION}"
-        )
-    base, state = checkpoint.get("base"), checkpoint.get("state")
-    if not isinstance(base, Mapping) or not isinstance(state, Mapping) or not base.get("name"):
-        raise CheckpointError(f"{path} is a damaged decoder file: its base or state is missing")
-    wrong = sorted(k for k in state if not k.startswith(TUNED))
-    if wrong:
-        raise CheckpointError(f"{path} holds parameters a decoder file may not: {wrong[:3]}")
-    return dict(base), dict(state)
 
 
 __all__ = ["decoder_path", "is_decoder_file", "read_decoder_file", "save_tuned", "tuned_state"]
