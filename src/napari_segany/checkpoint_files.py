@@ -13,6 +13,19 @@ from typing import Any
 
 import torch
 
+__all__ = [
+    "ENCODER",
+    "FORMAT",
+    "TUNED",
+    "VERSION",
+    "CheckpointError",
+    "is_decoder_file",
+    "read_decoder_file",
+    "state_dict_of",
+    "weights_sha256",
+    "with_base",
+]
+
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used for the asked-for architecture."""

@@ -25,6 +25,11 @@ from .overlay import overlay, save_png
 from .sample_data import nuclei_volume
 from .volume.volume import open_volume
 
+__all__ = [
+    "DemoResult",
+    "run_demo",
+]
+
 
 @dataclass(frozen=True)
 class DemoResult:

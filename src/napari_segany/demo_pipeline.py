@@ -23,6 +23,11 @@ from .scores import instance_scores
 from .segmenter import Segmenter
 from .volume.volume import Volume
 
+__all__ = [
+    "PipelineResult",
+    "run_pipeline",
+]
+
 
 @dataclass(frozen=True)
 class PipelineResult:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import torch
 
+__all__ = [
+    "choose_device",
+    "keep_large_allocations",
+]
+
 
 def choose_device(device: str | torch.device = "auto") -> torch.device:
     """Resolve ``"auto"`` (or a device name) to an available :class:`torch.device`.

@@ -43,6 +43,18 @@ from .volume.volume import Volume, open_volume
 if TYPE_CHECKING:
     from .model import SamModel
 
+__all__ = [
+    "FEATURES_SHAPE",
+    "FORMAT",
+    "VERSION",
+    "EmbeddingStore",
+    "FillReport",
+    "NotEmbeddedError",
+    "StoreMismatchError",
+    "embed",
+    "signature",
+]
+
 FORMAT = "napari-segany.embeddings"
 VERSION = 1
 FEATURES_SHAPE = (256, 64, 64)

@@ -21,6 +21,14 @@ if TYPE_CHECKING:
     from .model import SamModel
     from .volume.volume import Volume
 
+__all__ = [
+    "MAX_BATCH",
+    "choose_batch_size",
+    "encode_tiles",
+    "input_digest",
+    "tile_digest",
+]
+
 #: Rough peak memory of one image through each encoder in bf16 on a GPU (activations,
 #: attention matrices), used only to size batches; erring high costs some throughput.
 _GPU_BYTES_PER_IMAGE = {

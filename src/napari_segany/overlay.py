@@ -8,6 +8,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+__all__ = [
+    "PALETTE",
+    "overlay",
+    "save_png",
+]
+
 #: Distinct colours for successive objects (RGB).
 PALETTE = np.array(
     [(255, 160, 0), (0, 200, 255), (255, 60, 160), (120, 230, 60), (170, 120, 255)], dtype=np.uint8

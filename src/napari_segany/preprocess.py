@@ -12,6 +12,12 @@ from PIL import Image
 
 from .models import input_size
 
+__all__ = [
+    "model_input",
+    "resize_longest_side",
+    "to_uint8",
+]
+
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Round and clip values already scaled to 0-255 to ``uint8`` (no copy for uint8 input)."""

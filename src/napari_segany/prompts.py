@@ -9,6 +9,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+__all__ = [
+    "as_tensor",
+    "boxes_to_model",
+    "mask_fraction",
+    "mask_to_logits",
+    "points_to_model",
+]
+
 
 def _scale_xy(original: tuple[int, int], resized: tuple[int, int]) -> np.ndarray:
     return np.array([resized[1] / original[1], resized[0] / original[0]], dtype=np.float64)

@@ -32,6 +32,16 @@ from .upscale import upscale_region
 if TYPE_CHECKING:
     from .segmenter import Prediction, Segmenter
 
+__all__ = [
+    "DRAW_IN",
+    "PROJECTIONS",
+    "TAPER",
+    "PropagationCancelled",
+    "StopRule",
+    "project",
+    "propagate_objects",
+]
+
 #: How the previous slice's mask becomes the next slice's prompt.
 PROJECTIONS = ("box", "points", "box+points", "mask")
 

@@ -22,6 +22,17 @@ if TYPE_CHECKING:
     from .model import SamModel
     from .segmenter import Prediction, Segmenter
 
+__all__ = [
+    "KIND",
+    "VERSION",
+    "annotate",
+    "annotation_record",
+    "prompt_from_record",
+    "prompt_record",
+    "replay",
+    "segment",
+]
+
 KIND = "napari-segany.prompt"
 VERSION = 1
 

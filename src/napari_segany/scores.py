@@ -8,6 +8,16 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+__all__ = [
+    "SA_THRESHOLDS",
+    "instance_scores",
+    "iou_matrix",
+    "paired_accuracy",
+    "segmentation_accuracy",
+    "split_components",
+    "true_positives",
+]
+
 SA_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
 """IoU thresholds of the mean segmentation accuracy: 0.5, 0.55, ..., 0.95 (as elf builds them)."""
 

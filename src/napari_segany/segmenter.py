@@ -25,6 +25,14 @@ if TYPE_CHECKING:
     from .propagate import StopRule
     from .tiling import Window
 
+__all__ = [
+    "KEPT_EMBEDDINGS",
+    "Prediction",
+    "Prompt",
+    "Segmenter",
+    "real_array",
+]
+
 KEPT_EMBEDDINGS = 9
 """Windows whose embedding a Segmenter keeps in memory: those of a 2048 x 2048 slice."""
 

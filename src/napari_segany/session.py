@@ -29,6 +29,15 @@ from .segmenter import Prediction, Prompt, Segmenter
 from .volume.volume import Volume, open_volume
 from .workspace import LABELS, embeddings_name, workspace_for
 
+__all__ = [
+    "EmbeddingQueue",
+    "Preview",
+    "Session",
+    "group_prompts",
+    "prefetch_order",
+    "volume_from_layer",
+]
+
 
 def volume_from_layer(data: Any, *, rgb: bool = False, multiscale: bool = False) -> Volume:
     """A volume over a napari image layer's data (lazy for dask, zarr and pyramids).

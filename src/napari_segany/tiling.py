@@ -12,6 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "TileGrid",
+    "Window",
+    "tile_grid",
+]
+
 Window = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open
 
 

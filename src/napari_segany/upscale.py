@@ -15,6 +15,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+__all__ = [
+    "AxisMap",
+    "axis_map",
+    "upscale_mask",
+    "upscale_region",
+]
+
 
 def _bilinear(n_in: int, n_out: int) -> np.ndarray:
     """``(n_out, n_in)`` weights of 1-D bilinear resizing with half-pixel centres.

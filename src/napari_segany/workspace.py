@@ -14,6 +14,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+__all__ = [
+    "LABELS",
+    "SESSIONS_ENV",
+    "SUFFIX",
+    "embeddings_name",
+    "workspace_for",
+]
+
 SUFFIX = ".segany"
 SESSIONS_ENV = "NAPARI_SEGANY_SESSIONS"
 LABELS = "labels.ome.zarr"

@@ -15,6 +15,25 @@ from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.colormaps import DirectLabelColormap
 from scipy import ndimage
 
+__all__ = [
+    "NEGATIVE_COLOR",
+    "POSITIVE_COLOR",
+    "PREVIEW_COLOR",
+    "SIGN",
+    "FirstSlice",
+    "make_boxes",
+    "make_labels",
+    "make_points",
+    "make_preview",
+    "on_slice",
+    "outline",
+    "prompts_on_slice",
+    "remove_prompts_on_slice",
+    "set_sign",
+    "show_preview",
+    "slice_shape",
+]
+
 POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
 NEGATIVE_COLOR = np.array([1.0, 0.15, 0.15, 1.0])
 #: Every object of the preview, outlined: apart from the filled, many-coloured labels.

@@ -49,6 +49,12 @@ if TYPE_CHECKING:
     from ..finetuning.run import FinetuneReport
     from ..model import SamModel
 
+__all__ = [
+    "SHORTCUTS",
+    "SegmentAnythingWidget",
+    "slice_ranges",
+]
+
 #: Keys bound on the viewer while the widget is open: (key, method name, what it does).
 SHORTCUTS = (
     ("c", "commit", "commit the preview as new object(s)"),

@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from ..embeddings import EmbeddingStore
     from ..model import SamModel
 
+__all__ = [
+    "add_embed",
+    "default_store_path",
+    "source_stem",
+]
+
 
 def add_embed(commands: argparse._SubParsersAction) -> None:
     embed = commands.add_parser(

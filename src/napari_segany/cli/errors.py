@@ -17,6 +17,17 @@ from ..weights import UnknownModelError, WeightsError
 if TYPE_CHECKING:
     pass
 
+__all__ = [
+    "PACKAGE",
+    "RUN",
+    "Run",
+    "describe",
+    "fail",
+    "is_expected",
+    "is_read_only",
+    "unwritable",
+]
+
 
 PACKAGE = __name__.split(".")[0]
 

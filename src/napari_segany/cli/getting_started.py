@@ -17,6 +17,13 @@ from .errors import PACKAGE, fail, unwritable
 if TYPE_CHECKING:
     pass
 
+__all__ = [
+    "demo_command",
+    "doctor_command",
+    "fetch_command",
+    "models_command",
+]
+
 
 def models_command(args: argparse.Namespace) -> int:
     rows = [("", "name", "architecture", "size", "description", "cached")]

@@ -21,6 +21,10 @@ from .options import positive_arg
 if TYPE_CHECKING:
     pass
 
+__all__ = [
+    "main",
+]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.

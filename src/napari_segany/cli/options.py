@@ -13,6 +13,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     pass
 
+__all__ = [
+    "count_arg",
+    "positive_arg",
+    "stop_on_ctrl_c",
+]
+
 
 def count_arg(text: str) -> int:
     return _integer(text, minimum=0)

@@ -11,6 +11,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+__all__ = [
+    "bounding_box",
+    "corrective_click",
+    "deepest_point",
+    "error_regions",
+    "tight_box",
+]
+
 
 def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """``(y0, x0, y1, x1)`` of a boolean mask's pixels, ends exclusive; None when empty."""

@@ -24,6 +24,15 @@ from ..scores import SA_THRESHOLDS, segmentation_accuracy, split_components
 from ..segmenter import Prompt
 from .prompts import bounding_box, corrective_click, deepest_point, tight_box
 
+__all__ = [
+    "CHUNK",
+    "LARGER_MASKS_WIN",
+    "Decoder",
+    "ProtocolScores",
+    "Result",
+    "run_protocol",
+]
+
 CHUNK = 32
 """Objects decoded together in one decoder call."""
 

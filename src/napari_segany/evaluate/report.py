@@ -15,6 +15,11 @@ from ..scores import paired_accuracy
 if TYPE_CHECKING:
     from .protocol import ProtocolScores
 
+__all__ = [
+    "NOC_TARGETS",
+    "InteractiveReport",
+]
+
 NOC_TARGETS = (0.85, 0.90)
 """IoU targets of the number-of-clicks scores (NoC@85, NoC@90)."""
 

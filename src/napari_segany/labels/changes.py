@@ -25,6 +25,12 @@ from .layout import (
 )
 from .lock import WriterLock
 
+__all__ = [
+    "Changes",
+    "ids_in",
+    "slices",
+]
+
 
 class Changes:
     """The journal, replayed state and (when writable) lock of one label image."""

@@ -9,6 +9,11 @@ import zarr
 
 from .layout import read_labels
 
+__all__ = [
+    "UINT16_MAX",
+    "write_tiff",
+]
+
 UINT16_MAX = int(np.iinfo(np.uint16).max)
 
 

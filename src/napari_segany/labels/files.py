@@ -21,6 +21,18 @@ import zarr.storage
 from .layout import NGFF_VERSION, create_label_group, image_geometry
 from .lock import refuse_if_locked
 
+__all__ = [
+    "SIDECAR",
+    "check_chunks",
+    "check_history",
+    "check_name",
+    "check_replaceable_labels",
+    "check_replaceable_store",
+    "check_shape",
+    "find_labels",
+    "make_labels",
+]
+
 SIDECAR = "napari-segany"
 """Folder in the label image group holding the journal, saved regions and the writer lock."""
 

@@ -42,6 +42,14 @@ from .layout import (
     write_region,
 )
 
+__all__ = [
+    "MAX_ID",
+    "check_dtype",
+    "fill_levels",
+    "import_labels",
+    "spatial_transforms",
+]
+
 MAX_ID = int(np.iinfo(DTYPE).max)
 
 

@@ -30,6 +30,18 @@ import numpy as np
 
 from .layout import Box
 
+__all__ = [
+    "FORMAT",
+    "JOURNAL",
+    "REGIONS",
+    "VERSION",
+    "History",
+    "Journal",
+    "JournalError",
+    "Region",
+    "now",
+]
+
 FORMAT = "napari-segany.labels-journal"
 VERSION = 1
 JOURNAL = "journal.jsonl"

@@ -26,6 +26,25 @@ import zarr.storage
 
 from .. import damage
 
+__all__ = [
+    "AXES",
+    "DTYPE",
+    "NGFF_VERSION",
+    "Box",
+    "ImageGeometry",
+    "Level",
+    "check_readable",
+    "color",
+    "create_label_group",
+    "image_geometry",
+    "open_levels",
+    "read_labels",
+    "remove_partial_writes",
+    "sample_index",
+    "set_colors",
+    "write_region",
+]
+
 NGFF_VERSION = "0.5"
 AXES = ("z", "y", "x")
 DTYPE = np.dtype(np.uint32)

@@ -16,6 +16,12 @@ import uuid
 import weakref
 from pathlib import Path
 
+__all__ = [
+    "StoreLockedError",
+    "WriterLock",
+    "refuse_if_locked",
+]
+
 
 class StoreLockedError(RuntimeError):
     """Another live process (or this one, through another object) writes to the store."""

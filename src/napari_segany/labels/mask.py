@@ -9,6 +9,12 @@ import numpy as np
 
 from .layout import Box
 
+__all__ = [
+    "check_z",
+    "object_region",
+    "record_to_json",
+]
+
 
 def object_region(mask: Any, z: int | None, shape: tuple[int, int, int]) -> tuple[Box, np.ndarray]:
     """The object's bounding box in the volume and the boolean mask cropped to it (3D).

@@ -13,6 +13,15 @@ from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
 from .vit import ImageEncoderViT
 
+__all__ = [
+    "ARCHITECTURES",
+    "EMBED_DIM",
+    "IMAGE_SIZE",
+    "PATCH",
+    "build_sam",
+    "infer_architecture",
+]
+
 IMAGE_SIZE = 1024
 EMBED_DIM = 256
 PATCH = 16

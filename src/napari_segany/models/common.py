@@ -6,6 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = [
+    "MLP",
+    "LayerNorm2d",
+    "MLPBlock",
+    "attention",
+    "neck",
+]
+
 
 def attention(
     q: torch.Tensor,

@@ -11,6 +11,11 @@ from torch import nn
 
 from .tiny_vit import Conv2dBN
 
+__all__ = [
+    "fold_batchnorm",
+    "set_fused_attention",
+]
+
 
 def set_fused_attention(model: nn.Module, enabled: bool) -> nn.Module:
     """Use ``scaled_dot_product_attention`` (True) or the plain matmul/softmax path (False)."""

@@ -40,6 +40,11 @@ from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import Attention, TwoWayAttentionBlock
 
+__all__ = [
+    "KEPT_IMAGES",
+    "FastDecoder",
+]
+
 
 @dataclass
 class _ImageState:

@@ -26,6 +26,10 @@ import torch.nn.functional as F
 
 from .mask_decoder import MaskDecoder
 
+__all__ = [
+    "Upscaler",
+]
+
 
 class Upscaler:
     """Image tokens (or the carried first convolution) to mask logits.

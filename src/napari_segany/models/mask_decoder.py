@@ -8,6 +8,10 @@ from torch import nn
 from .common import MLP, LayerNorm2d
 from .transformer import TwoWayTransformer
 
+__all__ = [
+    "MaskDecoder",
+]
+
 
 class MaskDecoder(nn.Module):
     """Predict masks from an image embedding and prompt embeddings.

@@ -12,6 +12,11 @@ from torch import nn
 
 from .common import LayerNorm2d
 
+__all__ = [
+    "PositionEmbeddingRandom",
+    "PromptEncoder",
+]
+
 #: Point labels understood by the encoder: -1 padding, 0 negative, 1 positive,
 #: 2 and 3 the top-left and bottom-right corners of a box.
 PADDING, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3

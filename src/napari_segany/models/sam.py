@@ -14,6 +14,13 @@ from torch import nn
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
+__all__ = [
+    "PIXEL_MEAN",
+    "PIXEL_STD",
+    "Sam",
+    "input_size",
+]
+
 #: ImageNet statistics in 0-255 units, as the official SAM checkpoints expect.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)

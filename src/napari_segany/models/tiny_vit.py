@@ -16,6 +16,19 @@ from torch import nn
 
 from .common import attention, neck
 
+__all__ = [
+    "Attention",
+    "BasicLayer",
+    "Conv2dBN",
+    "ConvLayer",
+    "MBConv",
+    "Mlp",
+    "PatchEmbed",
+    "PatchMerging",
+    "TinyViT",
+    "TinyViTBlock",
+]
+
 
 class Conv2dBN(nn.Sequential):
     """A bias-free convolution followed by BatchNorm (``c``, ``bn`` as in the checkpoint)."""

@@ -7,6 +7,12 @@ from torch import nn
 
 from .common import MLPBlock, attention
 
+__all__ = [
+    "Attention",
+    "TwoWayAttentionBlock",
+    "TwoWayTransformer",
+]
+
 
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v projections, optionally to a narrower width."""

@@ -12,6 +12,16 @@ from torch import nn
 
 from .common import MLPBlock, attention, neck
 
+__all__ = [
+    "Attention",
+    "Block",
+    "ImageEncoderViT",
+    "PatchEmbed",
+    "relative_positions",
+    "window_partition",
+    "window_unpartition",
+]
+
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Split ``(B, H, W, C)`` into ``(B * nW, window, window, C)`` windows, zero-padding H and W."""

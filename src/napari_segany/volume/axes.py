@@ -14,6 +14,17 @@ import numpy as np
 
 from ..argument_errors import ArgumentError, Blank, Fix, Setting
 
+__all__ = [
+    "AXIS_LETTERS",
+    "Layout",
+    "check_axes",
+    "infer_axes",
+    "ngff_axes",
+    "plan_layout",
+    "resolve_layout",
+    "tiff_axes",
+]
+
 AXIS_LETTERS = "TCZYX"
 
 # tifffile's series axes use more codes than OME's five; these two mean "a stack of

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "MIN_RANGE",
+    "percentile_limits",
+    "scale_to_model",
+]
+
 MIN_RANGE = 1e-30
 """Narrower intensity ranges count as flat (their scale factor would overflow)."""
 

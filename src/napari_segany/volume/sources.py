@@ -25,6 +25,14 @@ from .axes import ngff_axes, tiff_axes
 if TYPE_CHECKING:
     import tifffile
 
+__all__ = [
+    "TIFF_SUFFIXES",
+    "RawSource",
+    "open_source",
+    "open_tiff",
+    "read",
+]
+
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 _ZARR_METADATA = (".zarray", ".zgroup", "zarr.json")
 

@@ -25,6 +25,15 @@ from .axes import Layout, resolve_layout
 from .intensity import MIN_RANGE, percentile_limits, scale_to_model
 from .sources import RawSource, open_source, read
 
+__all__ = [
+    "FINGERPRINT_PIXELS",
+    "LIMIT_PIXELS",
+    "LIMIT_SLICES",
+    "PERCENTILES",
+    "Volume",
+    "open_volume",
+]
+
 PERCENTILES = (0.5, 99.5)
 """Default robust limits: these percentiles of the sampled values."""
 LIMIT_SLICES = 8
