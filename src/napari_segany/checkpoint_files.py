@@ -59,7 +59,9 @@ def weights_sha256(state: Mapping[str, torch.Tensor], prefix: str = ENCODER) -> 
     return digest.hexdigest()
 
 
-def with_base(checkpoint: Mapping[str, object], path: Path, progress: bool) -> dict:
+def with_base(
+    checkpoint: Mapping[str, object], path: Path, progress: bool
+) -> dict[str, torch.Tensor]:
     """A decoder-only file's parameters over those of its base model's checkpoint."""
     from .weights import UnknownModelError, resolve_checkpoint
 

@@ -167,9 +167,9 @@ class EmbeddingStore:
         self.path = path
         self.signature: dict[str, Any] = dict(group.attrs)
         self.grid = TileGrid.from_attrs(self.signature["tiles"])
-        self._features = group["features"]
-        self._done = group["done"]
-        self._inputs = group["inputs"] if "inputs" in group else None  # stores since 0.x
+        self._features = _array(group, "features")
+        self._done = _array(group, "done")
+        self._inputs = _array(group, "inputs") if "inputs" in group else None  # stores since 0.x
         self.volume = volume
         self.model = model
 
@@ -448,6 +448,13 @@ class EmbeddingStore:
             ) from err
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of a store's group (every store made here has it as an array)."""
+    node = group[name]
+    assert isinstance(node, zarr.Array), f"{name} in an embedding store is not an array"
+    return node
+
+
 def _create(group: zarr.Group, sig: dict[str, Any], n_slices: int, n_tiles: int) -> None:
     group.create_array(
         "features",
@@ -506,7 +513,7 @@ def _open_or_create(path: Path | None, sig: dict[str, Any], recompute: bool) -> 
         if _create_atomically(path, sig, n_slices, n_tiles):
             return zarr.open_group(path, mode="r+")
     group = zarr.open_group(path, mode="r+")
-    stored = dict(group.attrs)
+    stored: dict[str, Any] = dict(group.attrs)
     if stored.get("format") != FORMAT:
         raise ValueError(f"{path} is a zarr group but not a napari-segany embedding store")
     diffs = _differences(stored, sig)

@@ -6,7 +6,7 @@ previous batch, so a GPU is not left waiting for the disk or for PIL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -108,7 +108,7 @@ def encode_tiles(
     grid: TileGrid,
     items: Sequence[tuple[int, int]],
     batch_size: int,
-) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+) -> Generator[tuple[list[tuple[int, int]], np.ndarray, list[int]], None, None]:
     """Yield ``(items of the batch, float16 features (B, 256, 64, 64), input digests)``
     batch by batch.
 

@@ -7,6 +7,7 @@ in the user's frame (image pixels, ``(y, x)`` order).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -298,7 +299,7 @@ def _autocast_dtype(precision: str, device: torch.device, fast: bool) -> torch.d
 
 
 def load_model(
-    name_or_path: str | Path = "mobile_sam",
+    name_or_path: str | os.PathLike[str] = "mobile_sam",
     device: str | torch.device = "auto",
     *,
     architecture: str | None = None,
@@ -357,6 +358,7 @@ def load_model(
             f"{path} could not be read as a torch checkpoint with weights_only=True "
             f"(only plain tensors are loaded, never code): {type(err).__name__}: {err}"
         ) from None
+    state: Mapping[str, torch.Tensor]
     if is_decoder_file(checkpoint):
         state = with_base(checkpoint, Path(path), progress)
     else:
@@ -378,7 +380,8 @@ def load_model(
         keep_large_allocations()
     if fast:
         fold_batchnorm(net)
-        net = net.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's overloads leave it out.
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net = net.to(target).eval()
     return SamModel(
         net,

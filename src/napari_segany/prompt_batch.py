@@ -28,7 +28,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -344,7 +344,8 @@ def segment_with_prompts(
     volume = source if isinstance(source, Volume) else None
     if volume is None:
         volume = open_volume(source, axes=axes, level=level, channel=channel, time=time)
-    shape = tuple(int(s) for s in volume.shape)
+    depth, height, width = volume.shape
+    shape = (int(depth), int(height), int(width))
     for obj in objects:
         _check_object(obj, shape)
     out = Path(out).expanduser().absolute()
@@ -353,8 +354,9 @@ def segment_with_prompts(
             f"{str(out)!r} exists: remove it or choose another output (labels are only "
             "replaced when asked)"
         )
-    loaded = model if isinstance(model, SamModel) else None
-    if loaded is None:
+    if isinstance(model, SamModel):
+        loaded = model
+    else:
         loaded = load_model(model, device=device, progress=progress)
     if embeddings is None:
         name = out.name
@@ -367,7 +369,7 @@ def segment_with_prompts(
     out.parent.mkdir(parents=True, exist_ok=True)
     store = embed(volume, loaded, embeddings, compute=False, recompute=recompute, progress=False)
     segmenter = Segmenter(loaded, store)
-    options = None
+    options: dict[str, object] | None = None
     if propagate:
         options = {"direction": "both", "projection": projection}
         if stop is not None:
@@ -398,7 +400,7 @@ def _check_object(obj: ObjectPrompt, shape: tuple[int, int, int]) -> None:
     depth, h, w = shape
     where = f" ({obj.where})" if obj.where else ""
 
-    def fail(problem: str) -> None:
+    def fail(problem: str) -> NoReturn:
         raise ValueError(f"object {obj.object!r}{where}: {problem}")
 
     if not 0 <= obj.z < depth:

@@ -340,13 +340,16 @@ def propagate_objects(
 
 def _z_range(z_range: object) -> tuple[int, int]:
     """``(first, last)`` slices, or one line naming what is wrong."""
+    lo: object
+    hi: object
     try:
-        lo, hi = z_range  # type: ignore[misc]
+        lo, hi = z_range  # type: ignore[misc]  # any object: unpacking it is the check
     except (TypeError, ValueError):
         raise ValueError(f"z_range must be (first, last) slices, got {_shown(z_range)}") from None
-    if any(isinstance(v, bool) or not isinstance(v, int | np.integer) for v in (lo, hi)):
+    ends = [v for v in (lo, hi) if isinstance(v, int | np.integer) and not isinstance(v, bool)]
+    if len(ends) != 2:
         raise TypeError(f"z_range must be two integer slices (first, last), got {_shown(z_range)}")
-    return int(lo), int(hi)
+    return int(ends[0]), int(ends[1])
 
 
 def _boolean(mask: object, where: str) -> np.ndarray:

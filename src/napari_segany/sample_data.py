@@ -197,10 +197,11 @@ def _ellipsoid(
     the z radius and broadcasts against it.
     """
     reach = (nucleus.radii[0], max(nucleus.radii[1:]), max(nucleus.radii[1:]))
-    box = tuple(
+    bz, by, bx = (
         slice(max(0, int(np.floor(c - r)) - 1), min(n, int(np.ceil(c + r)) + 2))
         for c, r, n in zip(nucleus.center, reach, shape, strict=True)
     )
+    box = (bz, by, bx)
     z, y, x = np.ogrid[box]
     dz = (z - nucleus.center[0]) / nucleus.radii[0]
     dy = y - nucleus.center[1]
@@ -209,7 +210,7 @@ def _ellipsoid(
     along = (cos * dy + sin * dx) / nucleus.radii[1]
     across = (-sin * dy + cos * dx) / nucleus.radii[2]
     r2 = (dz**2 + along**2 + across**2).astype(np.float32)
-    return box, r2, dz  # type: ignore[return-value]
+    return box, r2, dz
 
 
 def _nucleoli(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 import torch
@@ -54,10 +54,21 @@ class Prompt:
         ``(256, 256)`` low-resolution logits of an earlier prediction on the same window.
     """
 
-    points: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    box: np.ndarray | None = None
+    points: Sequence[Sequence[float]] | np.ndarray | None = None
+    labels: Sequence[int] | np.ndarray | None = None
+    box: Sequence[float] | np.ndarray | None = None
     mask: np.ndarray | torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A validated :class:`Prompt`: float64 ``(N, 2)`` points, int64 ``(N,)`` labels, a
+    float64 ``(4,)`` box clipped to the slice, a boolean mask or logits."""
+
+    points: np.ndarray | None
+    labels: np.ndarray | None
+    box: np.ndarray | None
+    mask: np.ndarray | torch.Tensor | None
 
 
 @dataclass
@@ -156,11 +167,22 @@ def _shown(values: object, width: int = 120) -> str:
     return text if len(text) <= width else f"{text[: width - 4]} ..."
 
 
+@overload
+def _flag(value: bool | np.bool_, name: str) -> bool: ...
+@overload
+def _flag(value: object, name: str) -> bool | None: ...
 def _flag(value: object, name: str) -> bool | None:
     """``value`` as True, False or None (NumPy booleans included), or a TypeError."""
     if value is None or isinstance(value, bool | np.bool_):
         return None if value is None else bool(value)
     raise TypeError(f"{name} must be True, False or None, got {_shown(value)}")
+
+
+def _held(value: np.ndarray | None) -> np.ndarray:
+    """A field that every prompt of a decoded group holds: the prompts are grouped by which
+    fields they hold (points with their labels), so one that holds it means all do."""
+    assert value is not None
+    return value
 
 
 def _mask_array(mask: object) -> np.ndarray | torch.Tensor | None:
@@ -249,7 +271,7 @@ class Segmenter:
         if not 0 <= z < depth:
             raise IndexError(f"slice {z} is outside the volume's {depth} slices (0..{depth - 1})")
 
-    def _check(self, prompt: Prompt) -> tuple[Prompt, tuple[float, float, float, float]]:
+    def _check(self, prompt: Prompt) -> tuple[_Checked, tuple[float, float, float, float]]:
         """Validate a prompt; return it with arrays normalised, and its extent (a box)."""
         h, w = self.slice_shape
         points = labels = box = None
@@ -322,7 +344,7 @@ class Segmenter:
             raise ValueError("no positive prompt: give a positive point, a box or a mask")
         corners = np.concatenate(extent) if extent else np.array([[0, 0], [h, w]])
         (y0, x0), (y1, x1) = corners.min(axis=0), corners.max(axis=0)
-        return Prompt(points, labels, box, mask), (float(y0), float(x0), float(y1), float(x1))
+        return _Checked(points, labels, box, mask), (float(y0), float(x0), float(y1), float(x1))
 
     def predict(
         self,
@@ -396,10 +418,10 @@ class Segmenter:
         grid = self.store.grid
         windows = [grid.window_for_box(extent) for _, extent in checked]
         results: list[Prediction | None] = [None] * len(prompts)
-        groups: dict[tuple, list[int]] = {}
-        for i, ((p, _), tile) in enumerate(zip(checked, windows, strict=True)):
-            n_points = 0 if p.points is None else len(p.points)
-            key = (tile, n_points, p.box is not None, p.mask is not None)
+        groups: dict[tuple[int, int, bool, bool], list[int]] = {}
+        for i, ((c, _), tile) in enumerate(zip(checked, windows, strict=True)):
+            n_points = 0 if c.points is None else len(c.points)
+            key = (tile, n_points, c.box is not None, c.mask is not None)
             groups.setdefault(key, []).append(i)
         for (tile, n_points, has_box, _), members in groups.items():
             many = multimask
@@ -414,7 +436,7 @@ class Segmenter:
         return [r for r in results if r is not None]
 
     def _decode(
-        self, z: int, tile: int, prompts: list[Prompt], multimask: bool, refine: bool
+        self, z: int, tile: int, prompts: list[_Checked], multimask: bool, refine: bool
     ) -> list[Prediction]:
         embedding = self.embedding(z, tile)
         y0, x0, _, _ = window = self.store.grid.windows[tile]
@@ -422,12 +444,16 @@ class Segmenter:
         first = prompts[0]
         points = labels = boxes = logits = None
         if first.points is not None:
-            points = np.stack([p.points - offset for p in prompts])
-            labels = np.stack([p.labels for p in prompts])
+            points = np.stack([_held(p.points) - offset for p in prompts])
+            labels = np.stack([_held(p.labels) for p in prompts])
         if first.box is not None:
-            boxes = np.stack([p.box - np.tile(offset, 2) for p in prompts])
+            boxes = np.stack([_held(p.box) - np.tile(offset, 2) for p in prompts])
         if first.mask is not None:
-            logits = torch.stack([self._mask_logits(p.mask, window, embedding) for p in prompts])
+            masks = []
+            for p in prompts:
+                assert p.mask is not None  # grouped by the fields they hold: all or none
+                masks.append(self._mask_logits(p.mask, window, embedding))
+            logits = torch.stack(masks)
         decoded = self.model.decode(
             embedding,
             points=points,

@@ -297,7 +297,10 @@ def _label_names(path: Path) -> list[tuple[Path, str]]:
         return [(path.parent.parent, path.name)]
     if (path / "labels" / "zarr.json").is_file():
         labels = zarr.open_group(zarr.storage.LocalStore(path / "labels", read_only=True), mode="r")
-        listed = (labels.attrs.get("ome") or {}).get("labels", [])
+        ome = labels.attrs.get("ome")
+        listed = ome.get("labels", []) if isinstance(ome, dict) else []
+        if not isinstance(listed, list):
+            return []
         return [(path, str(n)) for n in listed if (path / "labels" / str(n)).is_dir()]
     return []
 
@@ -329,8 +332,9 @@ def _check_labels(path: Path, repair: bool, model: Any, device: str, progress: b
         if not repair:
             report.left += chunks + boxes
             continue
-        if found.chunks and _batch_output(root) is not None and not _journal_commits(journal):
-            _relink(root, model, device, progress, report, chunks)
+        batch = _batch_output(root) if found.chunks else None
+        if batch is not None and not _journal_commits(journal):
+            _relink(batch, model, device, progress, report, chunks)
             continue
         if found.chunks and not journal.exists():
             report.left += [c + " (no journal to rebuild it from)" for c in chunks]
@@ -378,11 +382,12 @@ def _batch_output(root: Path) -> Path | None:
 
 
 def _relink(
-    root: Path, model: Any, device: str, progress: bool, report: CheckReport, chunks: list[str]
+    batch: Path, model: Any, device: str, progress: bool, report: CheckReport, chunks: list[str]
 ) -> None:
+    """Segment the labels' slices again from ``batch``, the slice store of their batch run."""
     from .batch.slices import SliceStore
 
-    slices = SliceStore.open(_batch_output(root))  # type: ignore[arg-type]
+    slices = SliceStore.open(batch)
     slices.mark_linked(None)  # the batch run then links them again
     before = len(report.left)
     _segment_again(slices, model, device, progress, report)

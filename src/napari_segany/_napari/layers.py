@@ -21,6 +21,8 @@ __all__ = [
     "PREVIEW_COLOR",
     "SIGN",
     "FirstSlice",
+    "add_session_layers",
+    "color_points",
     "make_boxes",
     "make_labels",
     "make_points",
@@ -32,6 +34,8 @@ __all__ = [
     "set_sign",
     "show_preview",
     "slice_shape",
+    "source_path",
+    "unwrap",
 ]
 
 POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
@@ -84,6 +88,17 @@ def slice_shape(image: Image) -> tuple[int, int]:
     return int(y), int(x)
 
 
+def source_path(image: Image) -> str | None:
+    """The file the image layer was opened from, if any."""
+    path = getattr(image.source, "path", None)
+    return str(path) if path else None
+
+
+def unwrap(obj: Any) -> Any:
+    """The object behind napari's public-only proxy (plugins get proxies of the viewer)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def _geometry(image: Image) -> dict[str, Any]:
     return {"scale": tuple(image.scale), "translate": tuple(image.translate)}
 
@@ -104,10 +119,20 @@ def make_points(image: Image) -> Points:
     return layer
 
 
+def color_points(points: Points | None) -> None:
+    """Colour each point by its sign: positive green, negative red."""
+    if points is None or not len(points.data):
+        return
+    signs = np.asarray(points.features[SIGN], dtype=bool)
+    colors = np.where(signs[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
+    if not np.array_equal(points.face_color, colors):
+        points.face_color = colors
+
+
 def set_sign(points: Points, positive: bool) -> None:
     """Make the next points positive (True) or negative (False)."""
     points.feature_defaults[SIGN] = positive
-    points.current_face_color = POSITIVE_COLOR if positive else NEGATIVE_COLOR  # type: ignore[assignment]
+    points.current_face_color = POSITIVE_COLOR if positive else NEGATIVE_COLOR
 
 
 def make_boxes(image: Image) -> Shapes:
@@ -206,7 +231,34 @@ def remove_prompts_on_slice(points: Points | None, boxes: Shapes | None, z: int,
             points.selected_data = set(here.tolist())
             points.remove_selected()
     if boxes is not None and len(boxes.data):
-        here = [i for i, v in enumerate(boxes.data) if on_slice(v, z, ndim).all()]
-        if here:
-            boxes.selected_data = set(here)
+        boxed = [i for i, v in enumerate(boxes.data) if on_slice(v, z, ndim).all()]
+        if boxed:
+            boxes.selected_data = set(boxed)
             boxes.remove_selected()
+
+
+def add_session_layers(
+    viewer: Any, image: Image, labels: Any
+) -> tuple[Labels, Labels, Shapes, Points]:
+    """Add the layers of a session over ``image``: its labels, preview, boxes and points.
+
+    A layer of the same name is replaced. ``labels`` is the labels store's level-0 array;
+    the labels layer cannot be painted (objects change through commits, which are logged
+    and undoable). The boxes and points layers are in add mode, ready for a click.
+    """
+
+    def add(layer: Any) -> Any:
+        if layer.name in viewer.layers:
+            viewer.layers.remove(layer.name)
+        return viewer.add_layer(layer)
+
+    labels_layer = add(make_labels(image, labels))
+    labels_layer.editable = False
+    preview, boxes, points = (
+        add(make_preview(image)),
+        add(make_boxes(image)),
+        add(make_points(image)),
+    )
+    boxes.mode = "add_rectangle"  # after adding: the layer controls follow it then
+    points.mode = "add"
+    return labels_layer, preview, boxes, points

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -132,7 +132,7 @@ class AutomaticParams:
         return dataclasses.asdict(self)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float | np.integer | np.floating]:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
@@ -146,7 +146,7 @@ def _check_int(name: str, value: object, *, low: int) -> None:
 def _check_fraction(name: str, value: object, *, closed_low: bool) -> None:
     if not _is_number(value):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    ok = 0.0 <= value <= 1.0 if closed_low else 0.0 < value <= 1.0  # type: ignore[operator]
+    ok = 0.0 <= value <= 1.0 if closed_low else 0.0 < value <= 1.0
     if not ok:
         interval = "[0, 1]" if closed_low else "(0, 1]"
         raise ValueError(f"{name} must be in {interval}, got {value}")

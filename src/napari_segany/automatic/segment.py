@@ -312,7 +312,8 @@ def segment_automatic(
             if writer is not None:
                 writer.add(zi, labels)
             else:
-                result[i] = labels  # type: ignore[index]
+                assert result is not None  # no store, no writer: the labels are returned
+                result[i] = labels
             bar.update(1)
             if callback is not None:
                 callback(i + 1, len(zs))

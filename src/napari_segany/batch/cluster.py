@@ -101,7 +101,9 @@ def connect(
     from distributed import Client, LocalCluster
 
     if isinstance(client, Client):
-        yield Where(client, None, f"the dask cluster at {client.scheduler.address}")
+        scheduler = client.scheduler
+        assert scheduler is not None, "a started Client has its scheduler's address"
+        yield Where(client, None, f"the dask cluster at {scheduler.address}")
         return
     if client == LOCAL:
         workers, threads = local_cluster_size(n_workers)

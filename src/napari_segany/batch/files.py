@@ -54,7 +54,9 @@ def expand_sources(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def find_sources(
-    sources: Sequence[str | os.PathLike[str]], *, also_missing: Sequence[str] = ()
+    sources: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    also_missing: Sequence[str] = (),
 ) -> list[Path]:
     """The sources as absolute paths, without repeats, after checking they all exist.
 

@@ -21,7 +21,7 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,8 @@ class SliceStore:
     def __init__(self, group: zarr.Group, path: Path) -> None:
         self._group = group
         self.path = path
-        self._labels = group["labels"]
-        self._done = group["done"]
+        self._labels = _array(group, "labels")
+        self._done = _array(group, "done")
         self.signature = {k: v for k, v in group.attrs.items() if k != "linked"}
 
     def __repr__(self) -> str:
@@ -108,7 +108,8 @@ class SliceStore:
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(Z, Y, X)`` of the volume."""
-        return tuple(int(n) for n in self._labels.shape)  # type: ignore[return-value]
+        depth, height, width = (int(n) for n in self._labels.shape)
+        return depth, height, width
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> SliceStore:
@@ -241,7 +242,10 @@ class SliceStore:
     def linked(self) -> dict[str, Any] | None:
         """The record of the linked labels last made from these slices, or None."""
         record = self._group.attrs.get("linked")
-        return dict(record) if record else None
+        if not record:
+            return None
+        assert isinstance(record, Mapping), "mark_linked writes a JSON object"
+        return dict(record)
 
     def mark_linked(self, record: dict[str, Any] | None) -> None:
         """Remember (or with None, forget) the linked labels made from these slices."""
@@ -249,6 +253,13 @@ class SliceStore:
             self._group.attrs.pop("linked", None)
         else:
             self._group.attrs["linked"] = json.loads(json.dumps(record))
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of a slice store's group (every store made here has it as an array)."""
+    node = group[name]
+    assert isinstance(node, zarr.Array), f"{name} in a slice store is not an array"
+    return node
 
 
 def _create_atomically(path: Path, signature: dict[str, Any]) -> None:

@@ -94,7 +94,13 @@ def default_out(image: str | os.PathLike[str]) -> Path:
 def evaluate(args: argparse.Namespace) -> int:
     """Run ``napari-segany evaluate``; the exit status: 0 done, 1 an error."""
     from ..device import choose_device
-    from ..evaluate.runs import check_settings, evaluate_in_3d, evaluate_interactive
+    from ..evaluate.runs import (
+        InteractiveReport,
+        PropagationReport,
+        check_settings,
+        evaluate_in_3d,
+        evaluate_interactive,
+    )
     from ..model import CheckpointError
     from ..weights import UnknownModelError, WeightsError
     from .errors import fail, unwritable
@@ -112,6 +118,7 @@ def evaluate(args: argparse.Namespace) -> int:
             "device": args.device,
             "progress": not args.no_progress,
         }
+        report: InteractiveReport | PropagationReport
         if args.in_3d:
             report = evaluate_in_3d(
                 args.model, args.image, args.labels, corrections=args.corrections, **options
@@ -127,7 +134,7 @@ def evaluate(args: argparse.Namespace) -> int:
     print(report.table())
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if args.in_3d:
+        if isinstance(report, PropagationReport):  # --in-3d
             written = [report.to_json(out / "evaluation-3d.json")]
         else:
             written = [

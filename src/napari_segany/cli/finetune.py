@@ -23,7 +23,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .. import weights
 
@@ -342,7 +342,9 @@ def _stores_beside(root: Path, shape: tuple[int, ...]) -> tuple[list[Path], list
 
     stem = root.name.removesuffix(".zarr").removesuffix(".ome").removesuffix("labels")
     stem = stem.rstrip(".-_")
-    named, others, descriptions = [], [], []
+    named: list[Path] = []
+    others: list[Path] = []
+    descriptions: list[str] = []
     for path in sorted(root.parent.glob("*embeddings*.zarr")):
         if path == root or not path.is_dir():
             continue
@@ -394,8 +396,11 @@ def _named_image(root: Path, name: str) -> Path | None:
         attrs = group[f"labels/{name}"].attrs.asdict()
     except Exception:  # not readable as zarr: no source named
         return None
-    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs
-    image = ((ome or {}).get("image-label") or {}).get("source", {}).get("image")
+    nested = attrs.get("ome")
+    ome = nested if isinstance(nested, dict) else attrs
+    label = ome.get("image-label")
+    source = label.get("source") if isinstance(label, dict) else None
+    image = source.get("image") if isinstance(source, dict) else None
     if not isinstance(image, str) or not image:
         return None
     return Path(os.path.normpath(group_dir / image))
@@ -467,6 +472,13 @@ def _pair(item: _Input, model: SamModel, *, progress: bool) -> tuple[tuple[Any, 
     raise ValueError(_no_embeddings(item, model.name, others))
 
 
+class _Tiling(TypedDict, total=False):
+    """The tiling that :func:`~napari_segany.embeddings.embed` is given, if any."""
+
+    tile_size: int
+    halo: int
+
+
 def _fill(
     store: EmbeddingStore, source: Path, model: SamModel, missing: list[int], progress: bool
 ) -> EmbeddingStore | None:
@@ -478,12 +490,12 @@ def _fill(
     assert store.path is not None
     sig = store.signature
     try:
-        limits = tuple(float(v) for v in sig["preprocessing"]["limits"])
-        volume = open_volume(source, limits=limits)  # type: ignore[arg-type]
+        low, high = (float(v) for v in sig["preprocessing"]["limits"])
+        volume = open_volume(source, limits=(low, high))
     except (KeyError, TypeError, ValueError, OSError):
         return None
     grid = store.grid  # an untiled slice's grid says tile_size 0: the defaults made it
-    tiling = {"tile_size": grid.tile_size, "halo": grid.halo} if grid.tile_size else {}
+    tiling: _Tiling = {"tile_size": grid.tile_size, "halo": grid.halo} if grid.tile_size else {}
     try:
         target = embed(volume, model, store.path, compute=False, progress=False, **tiling)
         target.fill(missing, progress=progress)

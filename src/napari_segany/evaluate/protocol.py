@@ -103,7 +103,9 @@ def run_protocol(
     counts = {z: np.unique(labels[z]).size - 1 for z in range(labels.shape[0])}
     slices = [z for z, n in counts.items() if n > 0]
     total = sum(counts[z] for z in slices) * (iterations + 1)
-    ious, objects, sa = [], [], []
+    ious: list[np.ndarray] = []
+    objects: list[tuple[int, int]] = []
+    sa: list[np.ndarray] = []
     clock = _Clock()
     done = 0
     with tqdm(total=total, desc="evaluating", unit="decode", disable=not progress) as bar:
@@ -166,17 +168,22 @@ def _step(
 ) -> None:
     """Decode some objects once; score, assemble and give each its next click."""
     t0 = time.perf_counter()
-    results = list(decode(z, [obj.prompt() for obj in objs], [obj.feedback for obj in objs]))
+    results: list[Result | None] = list(
+        decode(z, [obj.prompt() for obj in objs], [obj.feedback for obj in objs])
+    )
     clock.seconds += time.perf_counter() - t0
     if len(results) != len(objs):
         raise RuntimeError(f"the decoder gave {len(results)} results for {len(objs)} prompts")
     for j, (obj, row) in enumerate(zip(objs, rows, strict=True)):
+        result = results[j]
+        assert result is not None  # each result is read once, here
         t0 = time.perf_counter()
-        pred = np.asarray(results[j].mask, dtype=bool)  # a decoder may compute it only now
+        pred = np.asarray(result.mask, dtype=bool)  # a decoder may compute it only now
         clock.seconds += time.perf_counter() - t0
         clock.decodes += 1
-        obj.feedback = results[j].feedback
+        obj.feedback = result.feedback
         results[j] = None  # the full-size mask goes as soon as it is scored
+        del result
         box = bounding_box(pred)
         iou, truth, mine, origin = _compare(obj, pred, box)
         ious[row] = iou
@@ -187,7 +194,9 @@ def _step(
         if iou == 1.0:
             obj.done = True
         elif not last:
-            (y, x), label = corrective_click(truth, mine)
+            click = corrective_click(truth, mine)
+            assert click is not None  # iou < 1: the prediction has an error to click on
+            (y, x), label = click
             obj.points.append((origin[0] + y, origin[1] + x))
             obj.point_labels.append(label)
 

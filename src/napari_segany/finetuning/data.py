@@ -125,7 +125,8 @@ def _example(
     ys, xs = where
     crop = plane[where] == label
     box = tight_box(crop) + np.array([ys.start, xs.start, ys.start, xs.start], dtype=np.float64)
-    tile = grid.window_for_box(tuple(float(v) for v in box))
+    y0, x0, y1, x1 = (float(v) for v in box)
+    tile = grid.window_for_box((y0, x0, y1, x1))
     wy0, wx0, wy1, wx1 = grid.windows[tile]
     original = (wy1 - wy0, wx1 - wx0)
     resized = input_size(original)

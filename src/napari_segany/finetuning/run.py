@@ -244,7 +244,7 @@ def finetune(
         result.name, result.checkpoint = written[0].name, written[0]
     return result, FinetuneReport(
         before=before,
-        after=best_scores if kept else before,
+        after=best_scores if best_scores is not None else before,  # set with best_state
         kept="tuned" if kept else "base",
         training_objects=len(examples),
         validation_objects=judge.objects,
@@ -414,7 +414,8 @@ class _Judge:
         from ..evaluate.runs import SegmenterDecoder
         from ..segmenter import Segmenter
 
-        clicks, boxes = [], []
+        clicks: list[np.ndarray] = []
+        boxes: list[np.ndarray] = []
         for store, stack in zip(self.stores, self.held, strict=True):
             if not stack.any():
                 continue

@@ -168,7 +168,8 @@ class Changes:
 
 
 def slices(box: Box) -> tuple[slice, slice, slice]:
-    return tuple(slice(a, b) for a, b in box)  # type: ignore[return-value]
+    (z0, z1), (y0, y1), (x0, x1) = box
+    return slice(z0, z1), slice(y0, y1), slice(x0, x1)
 
 
 def ids_in(array: zarr.Array) -> set[int]:

@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 import zarr.storage
 
-from .layout import NGFF_VERSION, create_label_group, image_geometry
+from .layout import NGFF_VERSION, create_label_group, image_geometry, json_attributes
 from .lock import refuse_if_locked
 
 __all__ = [
@@ -101,14 +101,16 @@ def check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
         values = (1, *values)
     if len(values) != 3 or not all(_positive_int(n) for n in values):
         raise ValueError(f"shape must be (Z, Y, X) or (Y, X) positive integers, got {shape!r}")
-    return tuple(int(n) for n in values)  # type: ignore[return-value]
+    z, y, x = (int(n) for n in values)
+    return z, y, x
 
 
 def check_chunks(chunks: Sequence[int]) -> tuple[int, int, int]:
     values = tuple(chunks)
     if len(values) != 3 or not all(_positive_int(n) for n in values):
         raise ValueError(f"chunks must be three positive integers (z, y, x), got {chunks!r}")
-    return tuple(int(n) for n in values)  # type: ignore[return-value]
+    z, y, x = (int(n) for n in values)
+    return z, y, x
 
 
 def check_name(name: str) -> str:
@@ -130,7 +132,7 @@ def check_history(history: int) -> int:
 
 
 def _positive_int(n: object) -> bool:
-    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and bool(n > 0)
 
 
 def _is_label_image(path: Path) -> bool:
@@ -147,7 +149,8 @@ def _missing_message(root: Path, name: str) -> str:
     names: list[str] = []
     if (root / "labels" / "zarr.json").is_file():
         store = zarr.storage.LocalStore(root / "labels", read_only=True)
-        names = list((zarr.open_group(store, mode="r").attrs.get("ome") or {}).get("labels", []))
+        attrs = json_attributes(zarr.open_group(store, mode="r"))
+        names = list((attrs.get("ome") or {}).get("labels", []))
     there = f"label images there: {', '.join(names)}" if names else "it holds no labels"
     return f"no labels {name!r} in {str(root)!r} ({there})"
 
@@ -189,7 +192,8 @@ def check_replaceable_store(root: Path, overwrite: bool) -> None:
         raise FileExistsError(
             f"{str(root)!r} is a zarr array, not a labels store: not touching it; give another path"
         )
-    attrs = zarr.open_group(zarr.storage.LocalStore(root, read_only=True), mode="r").attrs
+    group = zarr.open_group(zarr.storage.LocalStore(root, read_only=True), mode="r")
+    attrs = json_attributes(group)
     if "multiscales" in (attrs.get("ome") or {}) or "multiscales" in attrs:
         raise FileExistsError(
             f"{str(root)!r} is an OME-Zarr image: pass image={str(root)!r} to add labels to it "
@@ -212,5 +216,6 @@ def _is_labels_group(path: Path) -> bool:
     """Whether ``path`` is an OME-Zarr ``labels`` group (its ``ome.labels`` list)."""
     if not (path / "zarr.json").is_file():
         return False
-    attrs = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r").attrs
+    group = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r")
+    attrs = json_attributes(group)
     return "labels" in (attrs.get("ome") or {}) or "labels" in attrs

@@ -38,6 +38,7 @@ from .layout import (
     Level,
     create_label_group,
     image_geometry,
+    json_attributes,
     open_levels,
     write_region,
 )
@@ -177,7 +178,7 @@ def _checked(band: np.ndarray, box: Box) -> np.ndarray:
 
 
 def _set_transforms(group: zarr.Group, transforms: list[dict[str, Any]]) -> None:
-    ome = dict(group.attrs["ome"])
+    ome = dict(json_attributes(group)["ome"])
     (multiscale,) = ome["multiscales"]
     (dataset,) = multiscale["datasets"]
     dataset["coordinateTransformations"] = transforms
@@ -231,7 +232,7 @@ def _move_label_image(built: Path, root: Path, name: str, *, overwrite: bool) ->
         old = root.parent / f".{root.name}.{name}.{uuid.uuid4().hex[:12]}.replaced"
         label_dir.rename(old)
     built.rename(label_dir)
-    ome = dict(labels.attrs.get("ome") or {})
+    ome = dict(json_attributes(labels).get("ome") or {})
     listed = list(ome.get("labels", []))
     if name not in listed or ome.get("version") != NGFF_VERSION:
         names = listed if name in listed else [*listed, name]

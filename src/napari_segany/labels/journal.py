@@ -143,8 +143,8 @@ class Journal:
 
     def load_region(self, seq: int) -> Region:
         with np.load(self._region_file(seq)) as saved:
-            box = tuple((int(a), int(b)) for a, b in saved["box"])
-            return Region(box, saved["before"], saved["after"])  # type: ignore[arg-type]
+            z, y, x = ((int(a), int(b)) for a, b in saved["box"])
+            return Region((z, y, x), saved["before"], saved["after"])
 
     def has_region(self, seq: int) -> bool:
         return self._region_file(seq).is_file()

@@ -37,6 +37,7 @@ __all__ = [
     "color",
     "create_label_group",
     "image_geometry",
+    "json_attributes",
     "open_levels",
     "read_labels",
     "remove_partial_writes",
@@ -98,6 +99,11 @@ def sample_index(index: np.ndarray, factor: float) -> np.ndarray:
     return np.floor(index * factor + 1e-9).astype(np.int64)
 
 
+def json_attributes(group: zarr.Group) -> dict[str, Any]:
+    """A copy of ``group``'s attributes: JSON, shaped as NGFF (or this package) says."""
+    return group.attrs.asdict()
+
+
 def image_geometry(image: Path) -> tuple[ImageGeometry, zarr.Group]:
     """Read the pyramid of the OME-Zarr image at ``image`` (NGFF 0.4 or 0.5)."""
     if not image.is_dir():
@@ -123,10 +129,16 @@ def image_geometry(image: Path) -> tuple[ImageGeometry, zarr.Group]:
         | ({"unit": multiscale["axes"][i]["unit"]} if _unit(multiscale, i) else {})
         for a, i in zip(AXES, keep, strict=True)
     ]
-    shapes, transforms = [], []
+    shapes: list[tuple[int, int, int]] = []
+    transforms = []
     for dataset in multiscale.get("datasets", []):
-        shape = group[dataset["path"]].shape
-        shapes.append(tuple(1 if i is None else int(shape[i]) for i in keep))
+        level = group[dataset["path"]]
+        if not isinstance(level, zarr.Array):
+            raise ValueError(
+                f"image={str(image)!r}: its dataset {dataset['path']!r} is not a zarr array"
+            )
+        z, y, x = (1 if i is None else int(level.shape[i]) for i in keep)
+        shapes.append((z, y, x))
         transforms.append(_spatial(dataset.get("coordinateTransformations", []), keep))
     if not shapes:
         raise ValueError(f"image={str(image)!r} lists no datasets in its multiscales")
@@ -166,7 +178,7 @@ def create_label_group(
 ) -> zarr.Group:
     """Write ``<root>/labels/<name>`` with empty levels, and list it in ``labels``."""
     labels = root.require_group("labels")
-    ome = dict(labels.attrs.get("ome") or {})
+    ome = dict(json_attributes(labels).get("ome") or {})
     listed = [n for n in ome.get("labels", []) if n != name]
     labels.attrs["ome"] = {**ome, "version": NGFF_VERSION, "labels": [*listed, name]}
     group = labels.create_group(name)
@@ -222,8 +234,8 @@ def open_levels(group: zarr.Group, where: str) -> list[Level]:
             [1.0, 1.0, 1.0],
         )
         base = base or scale
-        factors = tuple(_factor(s / b) for s, b in zip(scale, base, strict=True))
-        levels.append(Level(array, factors))  # type: ignore[arg-type]
+        fz, fy, fx = (_factor(s / b) for s, b in zip(scale, base, strict=True))
+        levels.append(Level(array, (fz, fy, fx)))
     if not levels:
         raise ValueError(f"{where} lists no datasets")
     return levels
@@ -345,7 +357,7 @@ def color(label_id: int) -> list[int]:
 
 def set_colors(group: zarr.Group, live: Iterable[int], managed: set[int]) -> None:
     """List a colour for every live id; entries for ids this store never wrote are kept."""
-    ome = dict(group.attrs["ome"])
+    ome = dict(json_attributes(group)["ome"])
     image_label = dict(ome.get("image-label") or {})
     kept = [c for c in image_label.get("colors", []) if c.get("label-value") not in managed]
     ours = [{"label-value": int(i), "rgba": color(int(i))} for i in sorted(live)]

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .layout import Box
 
@@ -70,10 +71,10 @@ def object_region(mask: Any, z: int | None, shape: tuple[int, int, int]) -> tupl
         raise ValueError(
             f"mask must be (Y, X) or (Z, Y, X), got {array.ndim} dimensions {array.shape}"
         )
-    spans = [_span(array.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
-    if spans[0] is None:
+    z_span, y_span, x_span = (_span(array.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1)))
+    if z_span is None or y_span is None or x_span is None:  # one empty: all empty
         raise ValueError("mask is empty: no voxel is set, nothing to commit")
-    (z0, z1), (y0, y1), (x0, x1) = spans  # type: ignore[misc]
+    (z0, z1), (y0, y1), (x0, x1) = z_span, y_span, x_span
     box = ((z0 + offset, z1 + offset), (y0, y1), (x0, x1))
     return box, array[z0:z1, y0:y1, x0:x1]
 
@@ -103,7 +104,7 @@ def _as_bool(array: np.ndarray) -> np.ndarray:
     return array != 0
 
 
-def _span(flags: np.ndarray) -> tuple[int, int] | None:
+def _span(flags: npt.ArrayLike) -> tuple[int, int] | None:
     where = np.flatnonzero(flags)
     return (int(where[0]), int(where[-1]) + 1) if where.size else None
 

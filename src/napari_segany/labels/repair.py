@@ -124,15 +124,17 @@ def _finished_changes(journal: Journal) -> tuple[History, list[tuple[str, int]]]
 
 
 def _chunk_box(array: zarr.Array, chunk: tuple[int, ...]) -> Box:
-    return tuple(  # type: ignore[return-value]
+    z, y, x = (
         (c * size, min((c + 1) * size, n))
         for c, size, n in zip(chunk, array.chunks, array.shape, strict=True)
     )
+    return z, y, x
 
 
 def _intersect(a: Box, b: Box) -> Box | None:
-    out = tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b, strict=True))
-    return None if any(lo >= hi for lo, hi in out) else out  # type: ignore[return-value]
+    z, y, x = ((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b, strict=True))
+    out = (z, y, x)
+    return None if any(lo >= hi for lo, hi in out) else out
 
 
 def _within(inner: Box, outer: Box) -> tuple[slice, ...]:

@@ -266,11 +266,13 @@ class LabelsStore:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(n) for n in self._levels[0].array.shape)  # type: ignore[return-value]
+        z, y, x = (int(n) for n in self._levels[0].array.shape)
+        return z, y, x
 
     @property
     def chunks(self) -> tuple[int, int, int]:
-        return tuple(int(n) for n in self._levels[0].array.chunks)  # type: ignore[return-value]
+        z, y, x = (int(n) for n in self._levels[0].array.chunks)
+        return z, y, x
 
     @property
     def read_only(self) -> bool:

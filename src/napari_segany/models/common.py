@@ -86,6 +86,14 @@ class MLP(nn.Module):
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out, strict=True))
 
+    def linears(self) -> list[nn.Linear]:
+        """The linear layers of ``layers``, in order, typed as such."""
+        linears = []
+        for layer in self.layers:
+            assert isinstance(layer, nn.Linear)
+            linears.append(layer)
+        return linears
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):

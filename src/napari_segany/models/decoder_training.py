@@ -93,7 +93,7 @@ def decode_windows(
     pe = prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
     transformer = decoder.transformer
     queries = tokens
-    for layer in transformer.layers:
+    for layer in transformer.blocks():
         queries, keys = _layer(layer, queries, keys, tokens, pe)
     final = transformer.final_attn_token_to_image
     queries = queries + _token_to_image(final, queries + tokens, keys + pe, keys)

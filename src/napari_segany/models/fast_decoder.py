@@ -35,10 +35,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .common import MLP
 from .fast_upscale import Upscaler
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .transformer import Attention, TwoWayAttentionBlock
+from .transformer import Attention
 
 __all__ = [
     "KEPT_IMAGES",
@@ -140,6 +141,12 @@ def _image_to_token(
     return p.transpose(1, 2), u + attn.out_proj.bias / h
 
 
+def _linears(mlp: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The linear layers of one of the decoder's hypernetwork MLPs."""
+    assert isinstance(mlp, MLP)
+    return mlp.linears()
+
+
 KEPT_IMAGES = 9
 """Images whose prompt-independent work is kept: the windows of a 2048 x 2048 slice."""
 
@@ -172,14 +179,14 @@ class FastDecoder:
         self._pe: torch.Tensor | None = None
         # The hypernetwork MLPs of the three candidates (or of the single mask) stacked,
         # so that each of their layers is one batched product.
-        mlps = mask_decoder.output_hypernetworks_mlps
+        mlps = [_linears(mlp) for mlp in mask_decoder.output_hypernetworks_mlps]
         self._hyper = {
             multi: [
                 (
-                    torch.stack([mlps[i].layers[j].weight.detach().t() for i in chosen]),
-                    torch.stack([mlps[i].layers[j].bias.detach() for i in chosen]).unsqueeze(1),
+                    torch.stack([mlps[i][j].weight.detach().t() for i in chosen]),
+                    torch.stack([mlps[i][j].bias.detach() for i in chosen]).unsqueeze(1),
                 )
-                for j in range(len(mlps[0].layers))
+                for j in range(len(mlps[0]))
             ]
             for multi, chosen in self._chosen.items()
         }
@@ -201,7 +208,7 @@ class FastDecoder:
             if state.features is features:
                 self._images.append(self._images.pop(i))
                 return state
-        first: TwoWayAttentionBlock = self.decoder.transformer.layers[0]
+        first = self.decoder.transformer.block(0)
         no_mask = self.prompt_encoder.no_mask_embed.weight.view(1, 1, -1)
         keys = (features.flatten(2).transpose(1, 2) + no_mask).contiguous()
         keys_pe = keys + self._position_encoding()
@@ -230,7 +237,7 @@ class FastDecoder:
         carried: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One two-way block; ``carried`` is the first upscaling convolution carried along."""
-        layer: TwoWayAttentionBlock = self.decoder.transformer.layers[index]
+        layer = self.decoder.transformer.block(index)
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(queries, queries, queries)
         else:
@@ -239,16 +246,17 @@ class FastDecoder:
         queries = layer.norm1(queries)
         q = queries + query_pe
         t2i = layer.cross_attn_token_to_image
-        shared = state is not None and index == 0
-        if shared:
-            attended = _token_to_image_cached(t2i, q, state.t2i_k, state.t2i_v)
+        shared = state if index == 0 else None  # the first layer's image side, if cached
+        if shared is not None:
+            attended = _token_to_image_cached(t2i, q, shared.t2i_k, shared.t2i_v)
         else:
             attended = _token_to_image(t2i, q, keys_pe, keys)
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + query_pe
         i2t = layer.cross_attn_image_to_token
-        weights, side = _image_to_token(i2t, keys_pe, q, queries, state.i2t_q if shared else None)
+        cached_q = shared.i2t_q if shared is not None else None
+        weights, side = _image_to_token(i2t, keys_pe, q, queries, cached_q)
         norm = layer.norm4
         updated = torch.baddbmm(keys, weights, side)
         keys, mean, rstd = torch.native_layer_norm(
@@ -286,6 +294,7 @@ class FastDecoder:
         tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat([tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
         pe = self._position_encoding()
+        state: _ImageState | None
         if dense is None:
             state = self._image_state(features)
             keys, keys_pe, carried = state.keys, state.keys_pe, state.carried
@@ -316,6 +325,7 @@ class FastDecoder:
                 hyper = torch.relu(hyper)
         hyper = hyper.transpose(0, 1)
         first = carried if carried is not None else self.upscaler.first(keys)
-        masks = self.upscaler.masks(first, hyper, features.shape[-2:])
+        h, w = features.shape[-2:]
+        masks = self.upscaler.masks(first, hyper, (h, w))
         iou = dec.iou_prediction_head(read[:, 0])
         return masks, iou[:, chosen]

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .common import LayerNorm2d
 from .mask_decoder import MaskDecoder
 
 __all__ = [
@@ -42,6 +44,9 @@ class Upscaler:
 
     def __init__(self, decoder: MaskDecoder) -> None:
         up1, norm, _, up2, _ = decoder.output_upscaling
+        assert isinstance(up1, nn.ConvTranspose2d) and isinstance(up2, nn.ConvTranspose2d)
+        assert isinstance(norm, LayerNorm2d)
+        assert up1.bias is not None and up2.bias is not None  # made with biases
         # (C_in, C_out, 2, 2) -> (C_in, 2 * 2 * C_out): columns ordered (row, column, out).
         self.w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, -1).detach()
         self.b1 = up1.bias.repeat(4).detach()
@@ -49,7 +54,7 @@ class Upscaler:
         self.b2 = up2.bias.repeat(4).detach()
         self.norm = norm
         # The first convolution carried back through each layer's closing layer norm.
-        norms = [layer.norm4 for layer in decoder.transformer.layers]
+        norms = [layer.norm4 for layer in decoder.transformer.blocks()]
         carried = [self.w1]
         for n in reversed(norms):
             carried.insert(0, n.weight.detach()[:, None] * carried[0])

@@ -25,6 +25,8 @@ PADDING, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
 class PositionEmbeddingRandom(nn.Module):
     """Positional encoding with random spatial frequencies (Fourier features)."""
 
+    positional_encoding_gaussian_matrix: torch.Tensor
+
     def __init__(self, num_pos_feats: int = 64) -> None:
         super().__init__()
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))
@@ -89,6 +91,12 @@ class PromptEncoder(nn.Module):
         """Positional encoding of the image embedding grid: ``(1, C, 64, 64)``."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
+    def _point_embedding(self, label: int) -> torch.Tensor:
+        """The ``(1, C)`` learned embedding of a point label (not PADDING)."""
+        embedding = self.point_embeddings[label]
+        assert isinstance(embedding, nn.Embedding)
+        return embedding.weight
+
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # to pixel centres
         if pad:
@@ -98,8 +106,8 @@ class PromptEncoder(nn.Module):
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
         lab = labels[..., None]
         emb = torch.where(lab == PADDING, self.not_a_point_embed.weight, emb)
-        emb = emb + (lab == NEGATIVE) * self.point_embeddings[NEGATIVE].weight
-        emb = emb + (lab == POSITIVE) * self.point_embeddings[POSITIVE].weight
+        emb = emb + (lab == NEGATIVE) * self._point_embedding(NEGATIVE)
+        emb = emb + (lab == POSITIVE) * self._point_embedding(POSITIVE)
         return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
@@ -107,8 +115,8 @@ class PromptEncoder(nn.Module):
         emb = self.pe_layer.forward_with_coords(corners, self.input_image_size)
         corner_weights = torch.cat(
             [
-                self.point_embeddings[BOX_TOP_LEFT].weight,
-                self.point_embeddings[BOX_BOTTOM_RIGHT].weight,
+                self._point_embedding(BOX_TOP_LEFT),
+                self._point_embedding(BOX_BOTTOM_RIGHT),
             ]
         )
         return emb + corner_weights

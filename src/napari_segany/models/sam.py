@@ -37,6 +37,8 @@ class Sam(nn.Module):
     """Segment Anything: ``image_encoder`` + ``prompt_encoder`` + ``mask_decoder``."""
 
     mask_threshold: float = 0.0
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
 
     def __init__(
         self,

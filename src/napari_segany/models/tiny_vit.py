@@ -33,6 +33,9 @@ __all__ = [
 class Conv2dBN(nn.Sequential):
     """A bias-free convolution followed by BatchNorm (``c``, ``bn`` as in the checkpoint)."""
 
+    c: nn.Conv2d
+    bn: nn.BatchNorm2d
+
     def __init__(
         self, in_chans: int, out_chans: int, kernel: int = 1, stride: int = 1, groups: int = 1
     ) -> None:
@@ -103,6 +106,8 @@ class Attention(nn.Module):
 
     The qkv projection is laid out per head as ``[q_h, k_h, v_h]``.
     """
+
+    attention_bias_idxs: torch.Tensor
 
     def __init__(self, dim: int, num_heads: int, window: int) -> None:
         super().__init__()

@@ -123,6 +123,16 @@ class TwoWayTransformer(nn.Module):
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
+    def block(self, index: int) -> TwoWayAttentionBlock:
+        """Layer ``index`` of ``layers``, typed as the block it is."""
+        layer = self.layers[index]
+        assert isinstance(layer, TwoWayAttentionBlock)
+        return layer
+
+    def blocks(self) -> list[TwoWayAttentionBlock]:
+        """All of ``layers``, in order, typed as the blocks they are."""
+        return [self.block(i) for i in range(len(self.layers))]
+
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -259,7 +259,10 @@ def _open_ome_zarr(group: zarr.Group, multiscales: dict, level: int, where: str)
     array = group[path]
     if not isinstance(array, zarr.Array):
         raise ValueError(f"OME-Zarr image {where}: dataset {path!r} is not an array")
-    version = multiscales.get("version") or (group.attrs.get("ome") or {}).get("version", "?")
+    ome = group.attrs.get("ome")
+    version = multiscales.get("version") or (
+        ome.get("version", "?") if isinstance(ome, dict) else "?"
+    )
     if "axes" in multiscales:
         axes = ngff_axes(multiscales["axes"])
         names = [a if isinstance(a, str) else a.get("name") for a in multiscales["axes"]]

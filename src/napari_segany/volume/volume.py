@@ -257,7 +257,9 @@ class Volume:
             sample = self._strided(z, FINGERPRINT_PIXELS)
             digest.update(f"z={z}:{sample.shape}".encode())
             # Little-endian bytes: the same values sign the same whatever the file's order.
-            digest.update(np.ascontiguousarray(sample, dtype=sample.dtype.newbyteorder("<")))
+            digest.update(
+                np.ascontiguousarray(sample, dtype=sample.dtype.newbyteorder("<")).tobytes()
+            )
         return digest.hexdigest()
 
     def _sample_limits(self) -> tuple[float, float]:
