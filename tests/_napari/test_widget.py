@@ -77,7 +77,7 @@ def test_click_commit_undo_redo_propagate_save_and_reopen(
     widget = _open_widget(viewer)
     try:
         _start(qtbot, widget, "nuclei")
-        z = widget._current_z()
+        z = widget.controller.current_z()
         assert z == viewer.dims.current_step[0]
         # The widget's worker embeds the slice on screen first.
         qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=WAIT)
@@ -108,7 +108,7 @@ def test_click_commit_undo_redo_propagate_save_and_reopen(
         qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
         widget.propagate()
         assert widget.cancel_button.isEnabled() and not widget.propagate_button.isEnabled()
-        qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=3 * WAIT)
+        qtbot.waitUntil(lambda: not widget.controller.running("propagate"), timeout=3 * WAIT)
         assert widget.propagate_button.isEnabled()
         assert widget.progress.value() == widget.progress.maximum() > 0  # all slice steps
         carried = np.asarray(labels.data[:]) == label_id + 1
@@ -173,7 +173,7 @@ class _HeldPropagation:
 def _preview_of_a_nucleus(qtbot, widget: SegmentAnythingWidget, truth: np.ndarray) -> int:
     """Start, click the largest nucleus on the slice on screen; its slice, once previewed."""
     _start(qtbot, widget, "nuclei")
-    z = widget._current_z()
+    z = widget.controller.current_z()
     widget.points.add([z, *_centre(_nucleus(truth, z)[z])])
     qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
     return z
@@ -187,7 +187,7 @@ def test_propagation_can_be_cancelled_and_shows_its_progress(
     held = None
     try:
         z = _preview_of_a_nucleus(qtbot, widget, truth)
-        qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=3 * WAIT)
+        qtbot.waitUntil(lambda: not widget.controller.running("embed"), timeout=3 * WAIT)
         held = _HeldPropagation(monkeypatch, widget.session)
         labels = widget.labels_layer
         before = np.asarray(labels.data[:]).copy()
@@ -198,7 +198,7 @@ def test_propagation_can_be_cancelled_and_shows_its_progress(
         assert widget.status.text() == "Propagating through z…"
         assert widget.cancel_button.isEnabled() and not widget.propagate_button.isEnabled()
         widget.cancel_button.click()
-        qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=3 * WAIT)
+        qtbot.waitUntil(lambda: not widget.controller.running("propagate"), timeout=3 * WAIT)
         assert held.cancelled
         assert widget.session.labels.log() == []
         np.testing.assert_array_equal(np.asarray(labels.data[:]), before)
@@ -220,7 +220,7 @@ def test_propagation_can_be_cancelled_and_shows_its_progress(
         qtbot.waitUntil(lambda: widget.status.text() == shown, timeout=WAIT)
         assert (widget.progress.value(), widget.progress.maximum()) == (done, at_most)
         held.release.set()
-        qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=WAIT)
+        qtbot.waitUntil(lambda: not widget.controller.running("propagate"), timeout=WAIT)
         assert widget.progress.value() == widget.progress.maximum() == at_most
         (entry,) = widget.session.labels.log()
         assert widget.status.text().startswith(f"Committed object(s) {entry['id']}")
@@ -245,11 +245,11 @@ def test_closing_the_widget_cancels_a_propagation(
         held = _HeldPropagation(monkeypatch, widget.session)
         held.until_cancelled = True
         widget.propagate()
-        assert widget._propagate_worker is not None
+        assert widget.controller.running("propagate")
     finally:
         widget.close_session()  # waits for the worker: it sees the cancel
     assert held.cancelled
-    qtbot.waitUntil(lambda: widget._propagate_worker is None, timeout=WAIT)
+    qtbot.waitUntil(lambda: not widget.controller.running("propagate"), timeout=WAIT)
     assert shown_errors == []
     with LabelsStore.open(workspace / "labels.ome.zarr", read_only=True) as store:
         assert store.log() == []
@@ -282,7 +282,7 @@ def test_reopening_the_same_data_restores_the_labels(
     try:
         _start(qtbot, widget, "cells again")
         # The slices embedded last time count at once, before any new one is embedded.
-        wanted, done = widget._queue.wanted(), widget.session.store.done()
+        wanted, done = widget.controller.queue.wanted(), widget.session.store.done()
         assert done[z] and widget.progress.maximum() == len(wanted)
         assert widget.progress.value() >= sum(bool(done[w]) for w in wanted) >= 1
         restored = np.asarray(widget.labels_layer.data[z]) == label_id
@@ -363,7 +363,7 @@ def test_the_refined_click_is_a_setting_that_redecodes_at_once(
     widget = _open_widget(viewer_with_nuclei)
     try:
         _start(qtbot, widget, "nuclei")
-        z = widget._current_z()
+        z = widget.controller.current_z()
         qtbot.waitUntil(lambda: widget.session.is_embedded(z), timeout=WAIT)
         assert widget.refine_check.isChecked() and widget.session.segmenter.refine
         widget.points.add([z, *_centre(_nucleus(truth, z)[z])])
@@ -387,7 +387,7 @@ def test_after_start_the_status_says_what_to_do_and_the_preview_stands_apart(
     widget = _open_widget(viewer)
     try:
         _start(qtbot, widget, "nuclei")
-        qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=3 * WAIT)
+        qtbot.waitUntil(lambda: not widget.controller.running("embed"), timeout=3 * WAIT)
         keys = {name: key.upper() for key, name, _ in SHORTCUTS}
         status = widget.status.text()
         assert status.startswith("Ready: click an object to segment it")
@@ -395,7 +395,7 @@ def test_after_start_the_status_says_what_to_do_and_the_preview_stands_apart(
 
         # The preview layer draws the border of each object, in one colour; the labels
         # layer fills committed objects, a colour per id: an id never looks the same in both.
-        z = widget._current_z()
+        z = widget.controller.current_z()
         widget.points.add([z, *_centre(_nucleus(truth, z)[z])])
         qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
         mask = widget.preview.labels() > 0
@@ -462,7 +462,7 @@ def test_removing_the_image_mid_embedding_closes_the_session(
         viewer.layers.remove("nuclei")
         assert widget.session is None
         assert "removed" in widget.status.text()
-        qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=WAIT)
+        qtbot.waitUntil(lambda: not widget.controller.running("embed"), timeout=WAIT)
     finally:
         widget.close_session()
 
@@ -481,7 +481,7 @@ def test_labels_written_by_another_process_are_read_only(
     try:
         _start(qtbot, widget, "nuclei")
         assert widget.session.read_only
-        z = widget._current_z()
+        z = widget.controller.current_z()
         widget.points.add([z, *_centre(_nucleus(truth, z)[z])])
         qtbot.waitUntil(lambda: widget.preview is not None, timeout=WAIT)
         assert widget.commit() == []
@@ -500,14 +500,14 @@ def test_segment_this_slice_automatically(
     widget = _open_widget(viewer)
     try:
         _start(qtbot, widget, "nuclei")
-        z = widget._current_z()
+        z = widget.controller.current_z()
 
         # Following the objects labelled by hand needs 3 of them: none yet, one line says so.
         assert widget.follow_labels.text() == "Follow my objects"
         assert "at least 3" in widget.follow_labels.toolTip()
         widget.follow_labels.setChecked(True)
         widget.segment_slice()
-        qtbot.waitUntil(lambda: widget._automatic_worker is None, timeout=WAIT)
+        qtbot.waitUntil(lambda: not widget.controller.running("automatic"), timeout=WAIT)
         assert widget.status.text() == (
             "Cannot follow your objects: 0 labelled object(s) to learn from; label at least 3."
         )
@@ -519,7 +519,7 @@ def test_segment_this_slice_automatically(
         assert widget.automatic_mode.currentData() == AutomaticParams.mode
         widget.automatic_mode.setCurrentIndex(widget.automatic_mode.findData("grid"))
         widget.segment_slice()
-        qtbot.waitUntil(lambda: widget._automatic_worker is None, timeout=3 * WAIT)
+        qtbot.waitUntil(lambda: not widget.controller.running("automatic"), timeout=3 * WAIT)
         found = np.asarray(widget.labels_layer.data[z])
         ids = np.unique(found[found > 0])
         assert "added" in widget.status.text()
@@ -549,7 +549,7 @@ def test_closing_the_viewer_during_embedding(
     widget = _open_widget(viewer)
     _start(qtbot, widget, "nuclei")
     widget.embed_all()
-    assert widget._embed_worker is not None
+    assert widget.controller.running("embed")
     viewer.close()  # the window goes while the encoder runs in the worker
     qtbot.wait(3000)  # its signals arrive after the widget is gone: no error, no crash
     FunctionWorker.await_workers(msecs=120_000)

@@ -56,7 +56,7 @@ def blobs_widget(
     viewer.add_image(image, name="blobs")
     widget = _open_widget(viewer)
     _start(qtbot, widget, "blobs")
-    qtbot.waitUntil(lambda: widget._embed_worker is None, timeout=WAIT)
+    qtbot.waitUntil(lambda: not widget.controller.running("embed"), timeout=WAIT)
     assert widget.session.is_embedded(0)
     widget.finetune_budget = BUDGET
     yield widget, truth
@@ -76,7 +76,7 @@ def _learn(qtbot, widget: SegmentAnythingWidget, *, timeout: int = 3 * WAIT) -> 
     def finished() -> bool:
         if not seen or seen[-1] != widget.status.text():
             seen.append(widget.status.text())
-        return widget._finetune_worker is None
+        return not widget.controller.running("learn")
 
     widget.learn_button.click()
     assert widget.cancel_button.isEnabled() and not widget.learn_button.isEnabled()
@@ -144,7 +144,7 @@ def test_too_few_objects_cancel_and_closing_change_nothing(
     widget.cancel_button.click()
     assert widget.status.text() == "Cancelling…"
     # The engine sees the cancel once it has scored the base model (seconds to a minute).
-    qtbot.waitUntil(lambda: widget._finetune_worker is None, timeout=3 * WAIT)
+    qtbot.waitUntil(lambda: not widget.controller.running("learn"), timeout=3 * WAIT)
     assert outcomes == ["cancelled"]
     assert widget.status.text() == "Learning cancelled; the model is unchanged."
     assert session.model is base and session.segmenter.model is base
@@ -154,7 +154,7 @@ def test_too_few_objects_cancel_and_closing_change_nothing(
 
     # Closing the widget while it learns cancels it too.
     widget.learn_button.click()
-    assert widget._finetune_worker is not None
+    assert widget.controller.running("learn")
     widget.close_session()  # waits for the worker: it sees the cancel
     assert outcomes == ["cancelled", "cancelled"]
     assert session.model is base and not tuned_file.exists()
