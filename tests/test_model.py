@@ -17,6 +17,8 @@ import napari_segany as sg
 from napari_segany.model import CheckpointError, SamModel, load_model
 from napari_segany.prompts import boxes_to_model, points_to_model
 
+from .helpers import iou
+
 
 @pytest.fixture(scope="module")
 def mobile_sam() -> SamModel:
@@ -111,10 +113,6 @@ def two_disks() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, upper, lower
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
-
-
 @pytest.mark.slow
 def test_a_point_at_row_y_column_x_selects_that_object(mobile_sam: SamModel, two_disks) -> None:
     image, upper, lower = two_disks
@@ -124,7 +122,7 @@ def test_a_point_at_row_y_column_x_selects_that_object(mobile_sam: SamModel, two
         best = int(decoded.iou[0].argmax())
         mask = (mobile_sam.upscale(decoded.low_res_logits[0, best], embedding) > 0).numpy()
         assert mask.shape == image.shape
-        assert _iou(mask, expected) > 0.9
+        assert iou(mask, expected) > 0.9
 
 
 @pytest.mark.slow
@@ -143,7 +141,7 @@ def test_several_objects_in_one_call_equal_single_calls(mobile_sam: SamModel, tw
         mask = (mobile_sam.upscale(single.low_res_logits[0, 0], embedding) > 0).numpy()
         batched_mask = (mobile_sam.upscale(batched.low_res_logits[i, 0], embedding) > 0).numpy()
         np.testing.assert_array_equal(mask, batched_mask)
-        assert _iou(mask, expected) > 0.9
+        assert iou(mask, expected) > 0.9
 
 
 def test_bad_prompts_and_images_are_named(mobile_sam: SamModel) -> None:

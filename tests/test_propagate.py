@@ -10,6 +10,8 @@ import napari_segany as sg
 from napari_segany.propagate import StopRule, project, propagate_objects
 from napari_segany.segmenter import Segmenter
 
+from .helpers import iou
+
 pytestmark = pytest.mark.slow
 
 SHAPE = (12, 128, 256)
@@ -36,10 +38,6 @@ def scene() -> tuple[Segmenter, np.ndarray, np.ndarray]:
     return Segmenter(model, store), ellipsoid, splitting
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
-
-
 def _slices(mask: np.ndarray) -> list[int]:
     return np.flatnonzero(mask.any(axis=(1, 2))).tolist()
 
@@ -49,7 +47,7 @@ def test_an_ellipsoid_is_followed_both_ways_and_stops_where_it_ends(scene) -> No
     start = seg.predict(5, points=[(64, 64)], labels=[1])
     obj = seg.propagate(5, start.mask)
     assert obj.shape == SHAPE
-    assert _iou(obj, ellipsoid) > 0.85
+    assert iou(obj, ellipsoid) > 0.85
     assert _slices(obj) == _slices(ellipsoid)  # neither cut short nor run on into noise
 
 
@@ -57,7 +55,7 @@ def test_an_object_that_splits_is_carried_into_both_branches(scene) -> None:
     seg, _, splitting = scene
     start = seg.predict(4, points=[(64, 190)], labels=[1])
     obj = seg.propagate(4, start.mask)
-    assert _iou(obj, splitting) > 0.8
+    assert iou(obj, splitting) > 0.8
     assert _slices(obj) == _slices(splitting)
 
 
@@ -78,7 +76,7 @@ def test_z_range_direction_and_filling_between_annotations(scene) -> None:
     assert _slices(limited) == [4, 5, 6]
     between = seg.propagate(annotations={2: ellipsoid[2], 8: ellipsoid[8]}, z_range=(2, 8))
     assert _slices(between) == list(range(2, 9))
-    assert _iou(between[2:9], ellipsoid[2:9]) > 0.85
+    assert iou(between[2:9], ellipsoid[2:9]) > 0.85
 
 
 def test_stop_rule_and_projections() -> None:
@@ -159,7 +157,7 @@ def test_touching_objects_carried_together_do_not_overlap(hard_scene) -> None:
     seg, (_, left, right, _) = hard_scene
     a, b = propagate_objects(seg, [{7: left[7]}, {7: right[7]}])
     assert not (a & b).any()
-    assert _iou(a, left) > 0.75 and _iou(b, right) > 0.75
+    assert iou(a, left) > 0.75 and iou(b, right) > 0.75
 
 
 def test_filling_between_two_annotated_slices_follows_a_moving_object(hard_scene) -> None:
@@ -167,4 +165,4 @@ def test_filling_between_two_annotated_slices_follows_a_moving_object(hard_scene
     filled = seg.propagate(annotations={2: slanted[2], 13: slanted[13]}, z_range=(2, 13))
     assert _slices(filled) == list(range(2, 14))
     for z in range(2, 14):
-        assert _iou(filled[z], slanted[z]) > 0.8, z
+        assert iou(filled[z], slanted[z]) > 0.8, z

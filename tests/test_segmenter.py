@@ -8,6 +8,7 @@ import pytest
 import napari_segany as sg
 from napari_segany.segmenter import Prompt, Segmenter
 
+from .helpers import iou
 from .models._reference import CASES, DATA
 
 pytestmark = pytest.mark.slow
@@ -65,16 +66,12 @@ def two_disks(model: sg.SamModel) -> tuple[Segmenter, np.ndarray, np.ndarray]:
     return Segmenter(model, store), upper, lower
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
-
-
 def test_point_at_row_y_column_x_selects_that_object(two_disks) -> None:
     seg, upper, lower = two_disks
-    assert _iou(seg.predict(points=[(60, 90)], labels=[1]).mask, upper) > 0.9
-    assert _iou(seg.predict(points=[(170, 310)], labels=[1]).mask, lower) > 0.9
+    assert iou(seg.predict(points=[(60, 90)], labels=[1]).mask, upper) > 0.9
+    assert iou(seg.predict(points=[(170, 310)], labels=[1]).mask, lower) > 0.9
     pred = seg.predict(box=(20, 40, 210, 360), points=[(60, 90)], labels=[0])
-    assert _iou(pred.mask, lower) > 0.9  # the negative point removes the upper disk
+    assert iou(pred.mask, lower) > 0.9  # the negative point removes the upper disk
 
 
 def test_one_batched_call_equals_single_calls(two_disks) -> None:
@@ -84,7 +81,7 @@ def test_one_batched_call_equals_single_calls(two_disks) -> None:
     for prompt, pred, truth in zip(prompts, batched, [upper, lower], strict=True):
         single = seg.predict(box=prompt.box)
         np.testing.assert_array_equal(single.mask, pred.mask)
-        assert _iou(pred.mask, truth) > 0.9
+        assert iou(pred.mask, truth) > 0.9
 
 
 def test_candidates_cycle_and_refine(two_disks) -> None:
@@ -95,9 +92,9 @@ def test_candidates_cycle_and_refine(two_disks) -> None:
     assert cycled.index == (pred.index + 1) % 3
     assert pred.cycle(3).index == pred.index
     refined = seg.predict(points=[(60, 90), (62, 95)], labels=[1, 1], mask=pred.logits)
-    assert len(refined.scores) == 1 and _iou(refined.mask, upper) > 0.9
+    assert len(refined.scores) == 1 and iou(refined.mask, upper) > 0.9
     from_mask = seg.predict(mask=upper)
-    assert _iou(from_mask.mask, upper) > 0.9
+    assert iou(from_mask.mask, upper) > 0.9
 
 
 @pytest.mark.parametrize(
@@ -159,7 +156,7 @@ def test_prediction_on_a_tiled_slice_is_not_cut_at_the_tile_border(model: sg.Sam
     pred = seg.predict(points=[centre], labels=[1])
     assert pred.window != (0, 0, *shape)
     assert pred.mask.shape == shape
-    assert _iou(pred.mask, truth) > 0.9
+    assert iou(pred.mask, truth) > 0.9
 
 
 def test_recent_windows_are_read_from_the_store_once(model: sg.SamModel) -> None:

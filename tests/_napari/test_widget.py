@@ -25,6 +25,8 @@ from napari_segany.automatic.params import AutomaticParams
 from napari_segany.propagate import PropagationCancelled
 from napari_segany.sample_data import coins, nuclei_volume
 
+from ..helpers import iou
+
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 PLUGIN = "napari-segany"
@@ -50,10 +52,6 @@ def _start(qtbot, widget: SegmentAnythingWidget, image: str) -> None:
 def _centre(mask: np.ndarray) -> tuple[float, float]:
     y, x = np.argwhere(mask).mean(axis=0)
     return float(y), float(x)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def _nucleus(labels: np.ndarray, z: int) -> np.ndarray:
@@ -89,11 +87,11 @@ def test_click_commit_undo_redo_propagate_save_and_reopen(
         shown = widget.preview.labels() > 0
         assert widget.preview_layer.data[0].any()  # drawn on the slice it belongs to
         assert widget.preview_layer.translate[0] == z
-        assert _iou(shown, target[z]) > 0.8
+        assert iou(shown, target[z]) > 0.8
 
         (label_id,) = widget.commit()
         labels = widget.labels_layer
-        assert _iou(np.asarray(labels.data[z]) == label_id, target[z]) > 0.8
+        assert iou(np.asarray(labels.data[z]) == label_id, target[z]) > 0.8
         assert len(widget.points.data) == 0  # the prompts went into the log
         assert not widget.preview_layer.data.any()
 
@@ -113,7 +111,7 @@ def test_click_commit_undo_redo_propagate_save_and_reopen(
         assert widget.progress.value() == widget.progress.maximum() > 0  # all slice steps
         carried = np.asarray(labels.data[:]) == label_id + 1
         assert carried.any(axis=(1, 2)).sum() > 3  # several slices
-        assert _iou(carried, other) > 0.6
+        assert iou(carried, other) > 0.6
 
         saved = widget.save_labels(tmp_path / "saved.ome.zarr")
         committed = np.asarray(labels.data[:])
@@ -286,7 +284,7 @@ def test_reopening_the_same_data_restores_the_labels(
         assert done[z] and widget.progress.maximum() == len(wanted)
         assert widget.progress.value() >= sum(bool(done[w]) for w in wanted) >= 1
         restored = np.asarray(widget.labels_layer.data[z]) == label_id
-        assert _iou(restored, target[z]) > 0.8
+        assert iou(restored, target[z]) > 0.8
         assert widget.session.labels.log()[0]["id"] == label_id
     finally:
         widget.close_session()
@@ -307,7 +305,7 @@ def test_prompts_before_the_embedding_are_kept_and_slices_can_change(
         widget.points.add([z, *_centre(target[z])])  # queued, not lost
         qtbot.waitUntil(lambda: widget.preview is not None, timeout=2 * WAIT)
         assert widget.preview.z == z
-        assert _iou(widget.preview.labels() > 0, target[z]) > 0.7
+        assert iou(widget.preview.labels() > 0, target[z]) > 0.7
         assert widget.preview_layer.translate[0] == z
 
         # Another slice: the preview of slice 3 is not shown there.
@@ -315,7 +313,7 @@ def test_prompts_before_the_embedding_are_kept_and_slices_can_change(
         assert not widget.preview_layer.data.any()
         viewer.dims.set_current_step(0, z)  # back: the prompts are still there
         qtbot.waitUntil(lambda: widget.preview_layer.data.any(), timeout=2 * WAIT)
-        assert _iou(widget.preview.labels() > 0, target[z]) > 0.7
+        assert iou(widget.preview.labels() > 0, target[z]) > 0.7
     finally:
         widget.close_session()
 
@@ -339,7 +337,7 @@ def test_boxes_and_negative_points_on_a_2d_image(
         boxed = widget.preview.labels() > 0
         assert boxed.shape == image.shape
         assert boxed[y0:y1, x0:x1].sum() > 0.95 * boxed.sum()
-        assert _iou(boxed, coin) > 0.7
+        assert iou(boxed, coin) > 0.7
 
         # The shortcuts work whichever of our layers is selected, and the labels change
         # only through commits.
@@ -525,7 +523,7 @@ def test_segment_this_slice_automatically(
         assert "added" in widget.status.text()
         # Most nuclei on the slice are found, each one object.
         nuclei_here = np.unique(truth[z][truth[z] > 0])
-        hits = sum(_iou(found == i, truth[z] == truth[z][found == i].max()) > 0.5 for i in ids)
+        hits = sum(iou(found == i, truth[z] == truth[z][found == i].max()) > 0.5 for i in ids)
         assert hits >= 0.5 * len(nuclei_here)
         log = widget.session.labels.log()
         assert [e["record"]["method"] for e in log] == ["automatic"] * len(ids)
