@@ -330,10 +330,10 @@ def segment_with_prompts(
     """
     from tqdm.auto import tqdm
 
-    from .batch.files import _model_tag
     from .embeddings import embed
     from .labels.store import LabelsStore
     from .model import SamModel, load_model
+    from .naming import embeddings_name, output_name
     from .replay import annotate
     from .segmenter import Segmenter
     from .volume.volume import Volume, open_volume
@@ -359,12 +359,7 @@ def segment_with_prompts(
     else:
         loaded = load_model(model, device=device, progress=progress)
     if embeddings is None:
-        name = out.name
-        for suffix in (".labels.ome.zarr", ".ome.zarr", ".zarr"):
-            if name.endswith(suffix) and len(name) > len(suffix):
-                name = name[: -len(suffix)]
-                break
-        embeddings = out.parent / f"{name}.embeddings-{_model_tag(loaded.name)}.zarr"
+        embeddings = out.parent / embeddings_name(output_name(out), loaded.name)
     embeddings = Path(embeddings).expanduser().absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     store = embed(volume, loaded, embeddings, compute=False, recompute=recompute, progress=False)

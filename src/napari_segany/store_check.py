@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import zarr
 
+from .naming import LABELS_SUFFIX, SLICES_SUFFIX
+
 if TYPE_CHECKING:
     from .model import SamModel
 
@@ -249,11 +251,11 @@ def _segment_again(
     """Run the batch segmentation of the slice store's source again, in its folder (it
     segments the slices not done and links the labels anew)."""
     from .automatic.params import AutomaticParams
-    from .batch.files import source_name
     from .batch.segment import segment_files
     from .embeddings import EmbeddingStore
+    from .naming import source_name
 
-    stem = slices.path.name[: -len(".slices.zarr")]
+    stem = slices.path.name[: -len(SLICES_SUFFIX)]
     embeddings = [
         e
         for e in sorted(slices.path.parent.glob(f"{stem}.embeddings-*.zarr"))
@@ -375,9 +377,9 @@ def _journal_commits(journal: Any) -> int:
 
 def _batch_output(root: Path) -> Path | None:
     """The slice store beside labels a batch run wrote (``<stem>.labels.ome.zarr``)."""
-    if not root.name.endswith(".labels.ome.zarr"):
+    if not root.name.endswith(LABELS_SUFFIX):
         return None
-    slices = root.with_name(root.name[: -len(".labels.ome.zarr")] + ".slices.zarr")
+    slices = root.with_name(root.name[: -len(LABELS_SUFFIX)] + SLICES_SUFFIX)
     return slices if (slices / "zarr.json").is_file() else None
 
 

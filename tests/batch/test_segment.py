@@ -29,13 +29,14 @@ import napari_segany as sg
 from napari_segany.automatic.params import AutomaticParams
 from napari_segany.automatic.segment import link_slices
 from napari_segany.batch.cluster import SchedulerUnreachableError, local_cluster_size
-from napari_segany.batch.files import expand_sources, plan_outputs, source_name
+from napari_segany.batch.files import expand_sources, plan_outputs
 from napari_segany.batch.labels import LinkedSlices, write_labels
 from napari_segany.batch.segment import BatchResult, segment_files
 from napari_segany.batch.slices import SliceStore, slice_signature
 from napari_segany.cli import main
 from napari_segany.embeddings import StoreMismatchError
 from napari_segany.labels.store import LabelsStore
+from napari_segany.naming import source_name
 from napari_segany.sample_data import nuclei_volume
 
 PARAMS = AutomaticParams(points_per_side=4)

@@ -18,12 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..naming import (
+    LABELS_SUFFIX,
+    LABELS_TIFF_SUFFIX,
+    SLICES_SUFFIX,
+    embeddings_name,
+    source_name,
+)
+
 __all__ = ["Outputs", "expand_sources", "find_sources", "plan_outputs", "source_name"]
 
 _GLOB = re.compile(r"[*?[]")
-
-SOURCE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".btf")
-"""Suffixes dropped from a source's name to name its outputs (the longest first)."""
 
 
 def expand_sources(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -79,21 +84,6 @@ def find_sources(
     return paths
 
 
-def source_name(source: Path) -> str:
-    """The name of a source's outputs: its file name less its image suffix."""
-    name = source.name.rstrip("/")
-    for suffix in SOURCE_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _model_tag(model_name: str) -> str:
-    """A model name fit for a file name: ``mobile_sam``; ``my_sam.pth`` gives ``my_sam``."""
-    stem = Path(model_name).stem if Path(model_name).suffix in (".pt", ".pth") else model_name
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "model"
-
-
 @dataclass(frozen=True)
 class Outputs:
     """Where one source's results go (see the module's description).
@@ -118,10 +108,10 @@ class Outputs:
         name = source_name(source)
         return cls(
             source=source,
-            embeddings=out_dir / f"{name}.embeddings-{_model_tag(model_name)}.zarr",
-            slices=out_dir / f"{name}.slices.zarr",
-            labels=out_dir / f"{name}.labels.ome.zarr",
-            tiff=out_dir / f"{name}.labels.tif",
+            embeddings=out_dir / embeddings_name(name, model_name),
+            slices=out_dir / f"{name}{SLICES_SUFFIX}",
+            labels=out_dir / f"{name}{LABELS_SUFFIX}",
+            tiff=out_dir / f"{name}{LABELS_TIFF_SUFFIX}",
         )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import weights
+from ..naming import source_name
 from ..weights import UnknownModelError, WeightsError
 from .errors import fail, unwritable
 from .options import count_arg, positive_arg, stop_on_ctrl_c
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 __all__ = [
     "add_embed",
     "default_store_path",
-    "source_stem",
 ]
 
 
@@ -88,9 +88,6 @@ def add_embed(commands: argparse._SubParsersAction) -> None:
     embed.set_defaults(handler=_embed)
 
 
-_SOURCE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
-
-
 def default_store_path(source: str | os.PathLike[str]) -> Path:
     """Where ``embed`` puts a source's store: ``<name>.embeddings.zarr`` beside it.
 
@@ -98,16 +95,7 @@ def default_store_path(source: str | os.PathLike[str]) -> Path:
     ``stack.embeddings.zarr`` and ``cells.embeddings.zarr`` in the same folder.
     """
     path = Path(os.path.abspath(source))
-    return path.with_name(f"{source_stem(path)}.embeddings.zarr")
-
-
-def source_stem(source: str | os.PathLike[str]) -> str:
-    """A source's name without its image suffix: ``stack.ome.tif`` gives ``stack``."""
-    name = Path(os.path.abspath(source)).name
-    for suffix in _SOURCE_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
+    return path.with_name(f"{source_name(path)}.embeddings.zarr")
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -86,9 +86,9 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 def default_out(image: str | os.PathLike[str]) -> Path:
     """``<image name>.evaluation`` in the current folder (``cells.tif`` -> ``cells.evaluation``)."""
-    from .embed import source_stem
+    from ..naming import source_name
 
-    return Path(f"{source_stem(image)}.evaluation")
+    return Path(f"{source_name(image)}.evaluation")
 
 
 def evaluate(args: argparse.Namespace) -> int:

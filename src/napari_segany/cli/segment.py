@@ -196,9 +196,10 @@ def _segment_prompts(args: argparse.Namespace) -> int:
     """``segment SOURCE --prompts FILE``: the objects of a prompts file, through z."""
     from pathlib import Path
 
-    from ..batch.files import expand_sources, source_name
+    from ..batch.files import expand_sources
     from ..device import choose_device
     from ..model import CheckpointError
+    from ..naming import LABELS_SUFFIX, source_name
     from ..prompt_batch import segment_with_prompts
     from .errors import fail, unwritable
 
@@ -216,7 +217,7 @@ def _segment_prompts(args: argparse.Namespace) -> int:
         problem = unwritable(folder, "an output folder")
         if problem:
             return fail(problem)
-        out = folder / f"{name}.labels.ome.zarr"
+        out = folder / f"{name}{LABELS_SUFFIX}"
         print(f"segmenting {sources[0]} from {args.prompts} into {out} with {args.model}")
         result = segment_with_prompts(
             sources[0],
