@@ -251,3 +251,11 @@ def test_rgb_images_prepare_without_sharing_read_only_buffers(mobile_sam: SamMod
     assert resized == (512, 1024) and prepared.shape == (3, 1024, 1024)
     _, resized = mobile_sam.prepare(np.zeros((300, 200, 3), dtype=np.uint8))  # PIL's buffer
     assert resized == (1024, 683)
+
+
+def test_a_model_given_loaded_is_used_as_it_is_and_a_name_is_loaded(mobile_sam: SamModel) -> None:
+    from napari_segany.model import as_model
+
+    assert as_model(mobile_sam) is mobile_sam
+    loaded = as_model("mobile_sam", device="cpu", progress=False)
+    assert loaded is not mobile_sam and loaded.sha256 == mobile_sam.sha256

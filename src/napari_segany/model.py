@@ -298,6 +298,22 @@ def _autocast_dtype(precision: str, device: torch.device, fast: bool) -> torch.d
         raise ValueError(f"unknown precision {precision!r}; use one of {known}") from None
 
 
+def as_model(
+    model: str | os.PathLike[str] | SamModel,
+    *,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> SamModel:
+    """``model`` if it is loaded already, else :func:`load_model` of the name or path.
+
+    Every function that takes "a model name, a checkpoint path or a SamModel" resolves it
+    here, so that they all accept the same things.
+    """
+    if isinstance(model, SamModel):
+        return model
+    return load_model(model, device=device, progress=progress)
+
+
 def load_model(
     name_or_path: str | os.PathLike[str] = "mobile_sam",
     device: str | torch.device = "auto",
@@ -401,6 +417,7 @@ __all__ = [
     "Decoded",
     "ImageEmbedding",
     "SamModel",
+    "as_model",
     "load_model",
     "same_encoder",
     "weights_sha256",

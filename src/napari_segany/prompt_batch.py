@@ -332,7 +332,7 @@ def segment_with_prompts(
 
     from .embeddings import embed
     from .labels.store import LabelsStore
-    from .model import SamModel, load_model
+    from .model import as_model
     from .naming import embeddings_name, output_name
     from .replay import annotate
     from .segmenter import Segmenter
@@ -354,10 +354,7 @@ def segment_with_prompts(
             f"{str(out)!r} exists: remove it or choose another output (labels are only "
             "replaced when asked)"
         )
-    if isinstance(model, SamModel):
-        loaded = model
-    else:
-        loaded = load_model(model, device=device, progress=progress)
+    loaded = as_model(model, device=device, progress=progress)
     if embeddings is None:
         embeddings = out.parent / embeddings_name(output_name(out), loaded.name)
     embeddings = Path(embeddings).expanduser().absolute()

@@ -205,12 +205,10 @@ def _model_for(
     signature: dict[str, Any], model: Any, device: str, progress: bool, report: CheckReport
 ) -> SamModel | None:
     """The model that made the store (``model`` if given), checked to have its encoder."""
-    from .model import SamModel, load_model, same_encoder
+    from .model import as_model, same_encoder
 
     wanted = signature["model"]
-    loaded = model if isinstance(model, SamModel) else None
-    if loaded is None:
-        loaded = load_model(model or wanted["name"], device=device, progress=progress)
+    loaded = as_model(model or wanted["name"], device=device, progress=progress)
     if not same_encoder(wanted, {"name": loaded.name, **loaded.identity}):
         report.left.append(
             f"the model {loaded.name!r} is not the one the store was made with "

@@ -171,11 +171,9 @@ def _model_name(model: Any) -> str:
 
 
 def _load(model: Any, device: str, progress: bool) -> SamModel:
-    from ..model import SamModel, load_model
+    from ..model import as_model
 
-    if isinstance(model, SamModel):
-        return model
-    return load_model(model, device=device, progress=progress)
+    return as_model(model, device=device, progress=progress)
 
 
 def _spec_source(model: SamModel) -> str:

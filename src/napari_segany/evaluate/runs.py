@@ -184,7 +184,7 @@ def _segmenter_for(
         truth = fit_labels(truth, (len(segmenter.store), *segmenter.slice_shape))
         return segmenter, truth, 0.0, None
     from ..embeddings import embed
-    from ..model import SamModel, load_model
+    from ..model import as_model
 
     if image_or_volume is None:
         raise ValueError("give the image (or volume) to embed, or a Segmenter")
@@ -196,9 +196,7 @@ def _segmenter_for(
     try:
         # The labels are checked before a model is loaded (perhaps downloaded).
         truth = fit_labels(truth, (len(volume), *volume.slice_shape))
-        model = model_or_segmenter
-        if not isinstance(model, SamModel):
-            model = load_model(model, device=device, progress=progress)
+        model = as_model(model_or_segmenter, device=device, progress=progress)
         t0 = time.perf_counter()
         wanted = None if all_slices else [z for z in range(len(truth)) if truth[z].any()]
         store = embed(volume, model, None, slices=wanted, progress=progress)

@@ -173,7 +173,7 @@ def finetune(
     FinetuneCancelled
         ``cancel`` returned True.
     """
-    from ..model import SamModel, load_model
+    from ..model import as_model
 
     began = time.perf_counter()
     if epochs is not None and epochs < 1:
@@ -182,7 +182,7 @@ def finetune(
         raise ValueError(f"the time budget must be positive seconds, got {time_budget}")
     if not 0.0 < validation < 1.0:  # said before a model is loaded or an image embedded
         raise ValueError(f"the validation share must lie between 0 and 1, got {validation}")
-    base = model if isinstance(model, SamModel) else load_model(model, device=device)
+    base = as_model(model, device=device)
     if out is not None and base.checkpoint is None:
         raise ValueError(
             f"{base.name} has no checkpoint file to build the tuned checkpoint from: "
