@@ -17,7 +17,7 @@ from .journal import History, Journal, JournalError, now
 from .layout import (
     Box,
     Level,
-    check_readable,
+    check_coarse_levels,
     read_labels,
     remove_partial_writes,
     set_colors,
@@ -127,7 +127,7 @@ class Changes:
         expected, new = (region.after, region.before)
         if action == "redo":
             expected, new = region.before, region.after
-        check_readable(self.levels, region.box)
+        check_coarse_levels(self.levels, region.box)
         current = read_labels(self.levels[0].array, slices(region.box))
         if not np.array_equal(current, expected):
             raise RuntimeError(

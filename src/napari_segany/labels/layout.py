@@ -33,7 +33,7 @@ __all__ = [
     "Box",
     "ImageGeometry",
     "Level",
-    "check_readable",
+    "check_coarse_levels",
     "color",
     "create_label_group",
     "image_geometry",
@@ -270,9 +270,9 @@ def read_labels(array: zarr.Array, selection: Any) -> np.ndarray:
     return np.asarray(damage.read(array, selection, store=root, hint=hint))
 
 
-def check_readable(levels: Sequence[Level], box: Box) -> None:
-    """Read ``box`` at every level, so that a damaged chunk stops a change before it begins."""
-    read_labels(levels[0].array, tuple(slice(a, b) for a, b in box))
+def check_coarse_levels(levels: Sequence[Level], box: Box) -> None:
+    """Read ``box`` at every level but the first, so that a damaged chunk stops a change
+    before it begins (callers read level 0's box themselves: it is what they change)."""
     for level in levels[1:]:
         sampled = level.sources(box)
         if sampled is not None:

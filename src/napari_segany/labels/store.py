@@ -31,7 +31,7 @@ from .files import (
 )
 from .from_array import import_labels
 from .journal import Journal, JournalError, now
-from .layout import DTYPE, Level, check_readable, open_levels, read_labels
+from .layout import DTYPE, Level, check_coarse_levels, open_levels, read_labels
 from .lock import StoreLockedError
 from .mask import check_z, object_region, record_to_json
 
@@ -386,7 +386,7 @@ class LabelsStore:
         record_json = record_to_json(record)
         label_id = self._choose_id(label_id)
         self._changes.settle()
-        check_readable(self._levels, box)
+        check_coarse_levels(self._levels, box)
         before = read_labels(self._levels[0].array, slices(box))
         paint = inside if overlap == "overwrite" else inside & (before == 0)
         voxels = int(np.count_nonzero(paint))
