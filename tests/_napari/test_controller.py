@@ -157,6 +157,27 @@ def test_a_click_previews_and_commit_undo_redo_and_clear_change_the_labels(
 
 
 @pytest.mark.slow
+def test_embedding_progress_replaces_progress_but_not_a_result(
+    started: Controller, shown: Shown
+) -> None:
+    controller = started
+    z = controller.current_z()
+    controller.points.add([z, *CENTRE])
+    controller.commit()
+    committed = controller.status
+    assert committed.startswith("Committed") and not controller.status_is_progress
+    # The embedding worker reports a slice (as its thread would, late): the result stays.
+    controller._embedded((0, 3, 3))
+    assert controller.status == committed and controller.progress == (3, 3)
+    # Progress replaces progress.
+    controller.say("Embedding slice 0…", progress=True)
+    controller._embedded((0, 3, 3))
+    assert controller.status.endswith(
+        "Embedded 3 of 3 wanted slices (last: slice 0); slices embedded: 0-2 of 3."
+    )
+
+
+@pytest.mark.slow
 def test_propagation_commits_through_z_with_the_controls_that_fit(
     started: Controller, shown: Shown
 ) -> None:

@@ -123,6 +123,9 @@ class Controller:
         self.preview_layer: Labels | None = None
         self.labels_layer: Labels | None = None
         self.status = "Pick an image and press Start."
+        #: Whether the status line shows embedding progress, which the next update replaces;
+        #: anything else (a result, an error) stays until something the user does replaces it.
+        self.status_is_progress = False
         self.progress, self.unit = (0, 0), "slices"
         self.refine = True
         self.closed = False
@@ -153,9 +156,10 @@ class Controller:
         enabled["learn"] = ready and not self.running("learn")
         return enabled
 
-    def say(self, text: str) -> None:
-        """Put ``text`` on the status line."""
+    def say(self, text: str, *, progress: bool = False) -> None:
+        """Put ``text`` on the status line (``progress``: background embedding progress)."""
         self.status = text
+        self.status_is_progress = progress
         self.status_changed.emit(text)
 
     def show_progress(self, done: int, total: int) -> None:
@@ -255,7 +259,7 @@ class Controller:
         self.queue.look_at(self.current_z())
         self._show_embedding_progress()
         self.update_controls()
-        self.say(messages.session_opened(self._next_step(), session))
+        self.say(messages.session_opened(self._next_step(), session), progress=True)
         if session.read_only:
             self.warning.emit(
                 f"Segment Anything: the labels in {session.workspace} are being written by "
@@ -332,7 +336,7 @@ class Controller:
         next_z = self.queue.next(self.session.store.done())
         if next_z is None:
             return
-        self.say(f"{self._next_step()} Embedding slice {next_z}…")
+        self.say(f"{self._next_step()} Embedding slice {next_z}…", progress=True)
         task = Task(self.queue.run, (self.session,), yielded=self._embedded)
         task.errored = lambda err: self.report("embedding failed", err)
         task.finished = self._embedding_finished
@@ -343,8 +347,9 @@ class Controller:
             return
         z, done, wanted = update
         self.show_progress(done, wanted)
-        embedded = self.session.store.done() if self.session is not None else np.zeros(0, bool)
-        self.say(messages.embedded(self._next_step(), z, done, wanted, embedded))
+        if self.status_is_progress:  # a result the user has not yet read stays
+            embedded = self.session.store.done() if self.session is not None else np.zeros(0, bool)
+            self.say(messages.embedded(self._next_step(), z, done, wanted, embedded), progress=True)
         if self._waiting_for == z:
             self._waiting_for = None
             self.request_decode()
@@ -434,7 +439,7 @@ class Controller:
             return
         if not self.session.is_embedded(z):
             self._waiting_for = z  # decoded as soon as the slice is embedded
-            self.say(f"Waiting for slice {z}'s embedding; your prompts are kept.")
+            self.say(f"Waiting for slice {z}'s embedding; your prompts are kept.", progress=True)
             self._embed()
             return
         self._decode_generation = self.generation

@@ -142,7 +142,8 @@ class Journal:
         os.replace(partial, final)
 
     def load_region(self, seq: int) -> Region:
-        with np.load(self._region_file(seq)) as saved:
+        # Opened here, not by np.load: a file that is not a zip would leave np.load's open.
+        with open(self._region_file(seq), "rb") as f, np.load(f) as saved:
             z, y, x = ((int(a), int(b)) for a, b in saved["box"])
             return Region((z, y, x), saved["before"], saved["after"])
 
