@@ -28,6 +28,7 @@ _EXPORTS = {
     "Prediction": "segmenter",
     "Prompt": "segmenter",
     "Volume": "volume",
+    "VolumeOptions": "volume",
     "embed": "embeddings",
     "EmbeddingStore": "embeddings",
     "StoreMismatchError": "embeddings",
@@ -81,6 +82,7 @@ __all__ = [
     "StoreMismatchError",
     "UnknownModelError",
     "Volume",
+    "VolumeOptions",
     "WeightsError",
     "__version__",
     "check_store",
@@ -128,6 +130,7 @@ if TYPE_CHECKING:
     from .propagate import PropagationCancelled, StopRule
     from .segmenter import Prediction, Prompt, Segmenter
     from .store_check import CheckReport, check_store
+    from .volume.options import VolumeOptions
     from .volume.volume import Volume, open_volume
     from .weights import UnknownModelError, WeightsError, fetch, list_models
 

@@ -106,11 +106,10 @@ def signature(volume: Volume, model: SamModel, grid: TileGrid) -> dict[str, Any]
 
 def _reopening(volume: Volume) -> dict[str, Any]:
     """How ``napari-segany check`` reopens a source given by path (nothing for arrays)."""
-    opened = getattr(volume, "_opened_with", None)
-    if opened is None or not isinstance(opened[0], (str, os.PathLike)):
+    source, options = volume.opened_from, volume.options
+    if options is None or not isinstance(source, (str, os.PathLike)):
         return {}
-    source, options = opened
-    return {"path": os.path.abspath(os.fspath(source)), "options": dict(options)}
+    return {"path": os.path.abspath(os.fspath(source)), "options": options.to_dict()}
 
 
 def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import zarr
 
 from .naming import LABELS_SUFFIX, SLICES_SUFFIX
+from .volume.options import VolumeOptions
 
 if TYPE_CHECKING:
     from .model import SamModel
@@ -195,7 +196,8 @@ def _reopen_source(signature: dict[str, Any], report: CheckReport) -> Any:
         return None
     limits = tuple(signature["preprocessing"]["limits"])
     try:
-        return open_volume(source["path"], **source.get("options", {}), limits=limits)
+        options = VolumeOptions.from_dict(source.get("options"))
+        return open_volume(source["path"], **options.keywords(), limits=limits)
     except (OSError, ValueError) as exc:
         report.left.append(f"its source cannot be opened: {exc}")
         return None
@@ -282,7 +284,7 @@ def _segment_again(
         tiff=(slices.path.parent / f"{stem}.labels.tif").exists(),
         device=device,
         progress=progress,
-        **signature["source"].get("options", {}),
+        **VolumeOptions.from_dict(signature["source"].get("options")).keywords(),
     )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..automatic.segment import AutomaticParams, with_overrides
+from ..volume.options import VolumeOptions
 from .cluster import SchedulerUnreachableError, connect
 from .files import find_sources, plan_outputs
 from .run import Work, run_here, run_on_cluster
@@ -128,7 +129,7 @@ def segment_files(
     paths = find_sources(sources)
     out = Path(out_dir).expanduser().absolute()
     plans = plan_outputs(paths, out, _model_name(model))
-    options = {"axes": axes, "level": level, "channel": channel, "time": time}
+    options = VolumeOptions(axes=axes, level=level, channel=channel, time=time)
     with connect(client, n_workers, timeout=timeout) as where:
         loaded = _load(model, "cpu" if where.client is not None else device, progress)
         out.mkdir(parents=True, exist_ok=True)

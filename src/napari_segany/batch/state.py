@@ -25,6 +25,7 @@ from .worker import SliceJob, SliceOutcome
 
 if TYPE_CHECKING:
     from ..model import SamModel
+    from ..volume.options import VolumeOptions
 
 __all__ = ["BatchResult", "BatchState"]
 
@@ -108,7 +109,7 @@ class BatchState:
         self._stores: dict[int, SliceStore] = {}
         self._start: dict[int, float] = {}
         self._depth: dict[int, int] = {}
-        self._opening: dict[int, dict[str, Any]] = {}  # open_volume's arguments per source
+        self._opening: dict[int, tuple[VolumeOptions, tuple[float, float]]] = {}
         self._reused: dict[int, int] = {}
         self._segmented: dict[int, int] = {}
         self._index: list[int] = []  # position in the run -> position in plans
@@ -117,7 +118,7 @@ class BatchState:
 
     # -- before the run -----------------------------------------------------------------
 
-    def prepare(self, model: SamModel, options: dict[str, Any], recompute: bool) -> list[Work]:
+    def prepare(self, model: SamModel, options: VolumeOptions, recompute: bool) -> list[Work]:
         """Open every source and its stores; the work left (finished sources are done)."""
         works = []
         for i, plan in enumerate(self.plans):
@@ -134,14 +135,14 @@ class BatchState:
         return works
 
     def _prepare(
-        self, i: int, plan: Outputs, model: SamModel, options: dict[str, Any], recompute: bool
+        self, i: int, plan: Outputs, model: SamModel, options: VolumeOptions, recompute: bool
     ) -> Work | None:
         from ..embeddings import embed
         from ..volume.volume import open_volume
 
-        with open_volume(str(plan.source), **options) as volume:
+        with open_volume(str(plan.source), **options.keywords()) as volume:
             limits = volume.limits
-            self._opening[i] = {**options, "limits": limits}
+            self._opening[i] = (options, limits)
             store = embed(
                 volume, model, plan.embeddings, compute=False, recompute=recompute, progress=False
             )
@@ -202,7 +203,8 @@ class BatchState:
 
         try:
             slices.mark_linked(None)  # until the new labels are complete
-            with open_volume(str(plan.source), **self._opening[i]) as volume:
+            options, limits = self._opening[i]
+            with open_volume(str(plan.source), **options.keywords(), limits=limits) as volume:
                 objects = write_labels(
                     slices,
                     plan.labels,

@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from distributed import WorkerPlugin, get_worker
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from ..model import SamModel
     from ..segmenter import Segmenter
+    from ..volume.options import VolumeOptions
 
 __all__ = [
     "PLUGIN_NAME",
@@ -101,7 +102,7 @@ class SliceJob:
     """
 
     source: str
-    options: dict[str, Any]
+    options: VolumeOptions
     limits: tuple[float, float]
     embeddings: str
     slices: str
@@ -161,7 +162,7 @@ class SliceRunner:
                     f"{path!r} is not visible on {socket.gethostname()}: sources and the "
                     "output folder must be on a file system every worker shares"
                 )
-        volume = open_volume(job.source, **job.options, limits=job.limits)
+        volume = open_volume(job.source, **job.options.keywords(), limits=job.limits)
         try:
             store = embed(volume, self.model, job.embeddings, compute=False, progress=False)
             opened = (Segmenter(self.model, store), SliceStore.open(job.slices))

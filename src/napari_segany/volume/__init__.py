@@ -4,10 +4,12 @@ their axes, and their intensities scaled for the model.
 
 from __future__ import annotations
 
+from .options import VolumeOptions
 from .volume import FINGERPRINT_PIXELS, Volume, open_volume
 
 __all__ = [
     "FINGERPRINT_PIXELS",
     "Volume",
+    "VolumeOptions",
     "open_volume",
 ]

@@ -23,6 +23,7 @@ import numpy as np
 from ..argument_errors import ArgumentError, Blank, Fix, Setting
 from .axes import Layout, resolve_layout
 from .intensity import MIN_RANGE, percentile_limits, scale_to_model
+from .options import VolumeOptions
 from .sources import RawSource, open_source, read
 
 __all__ = [
@@ -63,6 +64,8 @@ class Volume:
         Slices are ``(Y, X, 3)``.
     level, time, channel : int or None
         The pyramid level read, and the chosen T and C indices (None where not chosen).
+    options : VolumeOptions or None
+        The options it was opened with (None: not made by :func:`open_volume`).
     """
 
     def __init__(
@@ -72,7 +75,7 @@ class Volume:
         limits: tuple[float, float] | None,
         *,
         level: int = 0,
-        opened_with: tuple[Any, dict[str, Any]] | None = None,
+        opened_with: tuple[Any, VolumeOptions] | None = None,
     ) -> None:
         self._raw = raw
         self._opened_with = opened_with
@@ -127,6 +130,16 @@ class Volume:
             raise TypeError("only volumes made by open_volume can be pickled")
         source, options = self._opened_with
         return (_reopen, (source, options, self._limits, self._explicit))
+
+    @property
+    def options(self) -> VolumeOptions | None:
+        """The options :func:`open_volume` was given (None for a volume made otherwise)."""
+        return self._opened_with[1] if self._opened_with is not None else None
+
+    @property
+    def opened_from(self) -> Any:
+        """What :func:`open_volume` was given to open: a path, an array, a store (or None)."""
+        return self._opened_with[0] if self._opened_with is not None else None
 
     def __repr__(self) -> str:
         extra = "".join(
@@ -390,14 +403,19 @@ def open_volume(
     except BaseException:
         raw.close()
         raise
-    options = {"axes": axes, "level": level, "channel": channel, "time": time}
+    options = VolumeOptions(
+        axes=axes,
+        level=int(level),
+        channel=None if channel is None else int(channel),
+        time=None if time is None else int(time),
+    )
     return Volume(raw, layout, checked_limits, level=int(level), opened_with=(source, options))
 
 
 def _reopen(
-    source: Any, options: dict[str, Any], limits: tuple[float, float] | None, explicit: bool
+    source: Any, options: VolumeOptions, limits: tuple[float, float] | None, explicit: bool
 ) -> Volume:
-    volume = open_volume(source, **options, limits=limits if explicit else None)
+    volume = open_volume(source, **options.keywords(), limits=limits if explicit else None)
     volume._limits = limits  # sampled limits travel with the volume: never decided twice
     return volume
 
