@@ -68,6 +68,8 @@ def test_workspace_beside_the_file_or_in_the_sessions_folder(
     monkeypatch.setenv(SESSIONS_ENV, str(tmp_path / "sessions"))
     assert workspace_for(None, "ab" * 32) == tmp_path / "sessions" / ("ab" * 12)
     assert embeddings_name("my model/v2") == "embeddings-my_model_v2.zarr"
+    # One rule with batch outputs (naming.model_tag): a checkpoint's suffix is dropped.
+    assert embeddings_name("tuned.pth") == "embeddings-tuned.zarr"
 
 
 def test_layer_data_with_too_many_dimensions_is_refused() -> None:
@@ -81,6 +83,24 @@ def test_layer_data_with_too_many_dimensions_is_refused() -> None:
 @pytest.fixture(scope="module")
 def model() -> sg.SamModel:
     return sg.load_model("mobile_sam", device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_a_store_named_by_the_earlier_rule_is_found_by_its_encoder(
+    model: sg.SamModel, tmp_path: Path
+) -> None:
+    volume = sg.open_volume(nuclei_volume()[0][6:8, :96, :96])
+    session = Session.open(volume, model, workspace=tmp_path / "ws")
+    session.embed_slice(1)
+    features = session.store.get(1).features.numpy()
+    session.close()
+    # The rule before naming.model_tag kept a checkpoint's suffix, e.g. mobile_sam.pth.
+    old = session.store.path.with_name("embeddings-mobile_sam.pth.zarr")
+    session.store.path.rename(old)
+    again = Session.open(volume, model, workspace=tmp_path / "ws")
+    assert again.store.path == old and again.is_embedded(1) and not again.is_embedded(0)
+    np.testing.assert_array_equal(again.store.get(1, compute=False).features.numpy(), features)
+    again.close()
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .naming import model_tag
+
 __all__ = [
     "LABELS",
     "SESSIONS_ENV",
@@ -28,9 +30,13 @@ LABELS = "labels.ome.zarr"
 
 
 def embeddings_name(model_name: str) -> str:
-    """The embedding store's folder name inside a workspace, one per model."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
-    return f"embeddings-{safe}.zarr"
+    """The embedding store's folder name inside a workspace, one per model.
+
+    The model is named by :func:`napari_segany.naming.model_tag`, as batch outputs are.
+    Stores named by the rule before it (``embeddings-tuned.pth.zarr``) are still found, by
+    their encoder (:meth:`napari_segany.session.Session.open`).
+    """
+    return f"embeddings-{model_tag(model_name)}.zarr"
 
 
 def _writable(folder: Path) -> bool:
