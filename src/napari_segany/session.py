@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,10 @@ from .replay import annotation_record
 from .segmenter import Prediction, Prompt, Segmenter
 from .volume.volume import Volume, open_volume
 from .workspace import LABELS, embeddings_name, workspace_for
+
+if TYPE_CHECKING:
+    from .automatic.params import AutomaticParams
+    from .finetuning.run import FinetuneReport
 
 __all__ = [
     "EmbeddingQueue",
@@ -411,9 +415,9 @@ class Session:
         self,
         z: int | None = None,
         *,
-        params: Any = None,
-        callback: Any = None,
-        cancel: Any = None,
+        params: AutomaticParams | None = None,
+        callback: Callable[[int, int], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
         follow_labels: bool = False,
     ) -> list[int]:
         """Segment every object of slice ``z`` (None: the whole volume) without prompts.
@@ -446,6 +450,34 @@ class Session:
                 cancel=cancel,
             )
             return [e["id"] for e in self.labels.log() if e["id"] not in known]
+
+    def learn_from_labels(
+        self,
+        budget: float | None = None,
+        *,
+        callback: Callable[[int, int], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> tuple[SamModel, FinetuneReport]:
+        """Tune the model on the committed labels (call it from a worker).
+
+        The tuned model is saved in the workspace as ``tuned-<model>.pt`` (tuned again, the
+        same file is replaced); the session keeps its model until :meth:`use_model`. See
+        :func:`napari_segany.finetune`, whose ``time_budget`` is ``budget`` seconds (None:
+        its default).
+        """
+        from .finetuning.run import finetune
+
+        name = self.model.name
+        out = name if name.startswith("tuned-") else f"tuned-{Path(name).stem}.pt"
+        return finetune(
+            [(self.store, self.labels.read())],
+            self.model,
+            time_budget=budget,
+            out=self.workspace / out,
+            progress=False,
+            callback=callback,
+            cancel=cancel,
+        )
 
 
 def prefetch_order(z: int, n_slices: int, radius: int = 2) -> list[int]:

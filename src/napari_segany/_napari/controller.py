@@ -162,6 +162,10 @@ class Controller:
         self.status_is_progress = progress
         self.status_changed.emit(text)
 
+    def tell(self, text: str) -> None:
+        """Show ``text`` as an info notification (something to do before, not a failure)."""
+        self.info.emit(text)
+
     def show_progress(self, done: int, total: int) -> None:
         """Show ``done`` of ``total`` on the progress bar (``total`` 0: busy)."""
         self.progress = (done, total)

@@ -8,9 +8,7 @@ are the part of the :class:`~napari_segany._napari.controller.Controller` that
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..propagate import PropagationCancelled, StopRule
 from . import messages
@@ -20,10 +18,9 @@ if TYPE_CHECKING:
     from ..automatic.params import AutomaticParams
     from ..finetuning.run import FinetuneReport
     from ..model import SamModel
-    from ..session import Session
-    from .controller import Controller
+    from ..session import Preview, Session
 
-__all__ = ["LONG_TASKS", "LongTasks", "learn_from_labels"]
+__all__ = ["LONG_TASKS", "LongTasks", "TaskHost"]
 
 #: The long tasks by kind, as a message names them.
 LONG_TASKS = {
@@ -33,31 +30,26 @@ LONG_TASKS = {
 }
 
 
-def learn_from_labels(
-    session: Session,
-    budget: float | None,
-    *,
-    callback: Callable[[int, int], None],
-    cancel: Callable[[], bool],
-) -> tuple[SamModel, FinetuneReport]:
-    """Tune the session's model on its committed labels (in a worker thread).
+class TaskHost(Protocol):
+    """What the long tasks use of their :class:`~napari_segany._napari.controller.Controller`:
+    its session and preview, its task runner, and its ways of showing things."""
 
-    The tuned model is saved in the session's workspace as ``tuned-<model>.pt`` (tuned
-    again, the same file is replaced); see :func:`napari_segany.finetune`.
-    """
-    from ..finetuning.run import finetune
+    session: Session | None
+    preview: Preview | None
+    closed: bool
+    generation: int
 
-    name = session.model.name
-    out = name if name.startswith("tuned-") else f"tuned-{Path(name).stem}.pt"
-    return finetune(
-        [(session.store, session.labels.read())],
-        session.model,
-        time_budget=budget,
-        out=session.workspace / out,
-        progress=False,
-        callback=callback,
-        cancel=cancel,
-    )
+    def running(self, kind: str) -> bool: ...
+    def run(self, kind: str, task: Task) -> None: ...
+    def say(self, text: str, *, progress: bool = False) -> None: ...
+    def tell(self, text: str) -> None: ...
+    def report(self, what: str, err: Exception) -> None: ...
+    def show_progress(self, done: int, total: int) -> None: ...
+    def show_unit(self, unit: str) -> None: ...
+    def update_controls(self) -> None: ...
+    def refresh_labels(self) -> None: ...
+    def request_decode(self) -> None: ...
+    def after_commit(self, z: int, ids: list[int]) -> None: ...
 
 
 class LongTasks:
@@ -76,7 +68,7 @@ class LongTasks:
         The last :class:`~napari_segany.finetuning.run.FinetuneReport` of "Learn from my labels".
     """
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: TaskHost) -> None:
         self._controller = controller
         self.finetune_budget: float | None = None
         self.finetune_report: FinetuneReport | None = None
@@ -89,7 +81,7 @@ class LongTasks:
         """Whether a long task runs; if so, an info notification asks to wait for it."""
         for kind, what in LONG_TASKS.items():
             if self._controller.running(kind):
-                self._controller.info.emit(f"Segment Anything: wait for {what} to finish")
+                self._controller.tell(f"Segment Anything: wait for {what} to finish")
                 return True
         return False
 
@@ -146,7 +138,7 @@ class LongTasks:
         session, preview = controller.session, controller.preview
         if session is None or preview is None or self.busy():
             if preview is None:
-                controller.info.emit("Segment Anything: place prompts first, then propagate")
+                controller.tell("Segment Anything: place prompts first, then propagate")
             return
         self._propagating_z = preview.z
         task = Task(session.propagate, (preview,), {"stop": stop})
@@ -220,7 +212,7 @@ class LongTasks:
         session = self._controller.session
         if session is None or self.busy():
             return
-        task = Task(learn_from_labels, (session, self.finetune_budget))
+        task = Task(session.learn_from_labels, (self.finetune_budget,))
         task.returned, task.errored = self._learned, self._learn_failed
         task.finished = self._learning_finished
         self._controller.show_unit("steps")
