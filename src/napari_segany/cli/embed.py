@@ -9,11 +9,19 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import weights
 from ..naming import source_name
 from ..weights import UnknownModelError, WeightsError
 from .errors import fail, unwritable
-from .options import count_arg, positive_arg, stop_on_ctrl_c
+from .options import (
+    add_device_option,
+    add_model_option,
+    add_progress_option,
+    add_volume_options,
+    count_arg,
+    positive_arg,
+    stop_on_ctrl_c,
+    volume_options,
+)
 
 if TYPE_CHECKING:
     from ..embeddings import EmbeddingStore
@@ -26,6 +34,7 @@ __all__ = [
 
 
 def add_embed(commands: argparse._SubParsersAction) -> None:
+    """Add the ``embed`` subcommand to the ``napari-segany`` parser."""
     embed = commands.add_parser(
         "embed",
         help="compute the image embeddings of a volume into a store (resumable)",
@@ -36,36 +45,20 @@ def add_embed(commands: argparse._SubParsersAction) -> None:
         ),
     )
     embed.add_argument("source", metavar="SOURCE", help="a TIFF file or a (OME-)zarr directory")
-    embed.add_argument(
-        "--model",
-        metavar="NAME",
-        default=weights.DEFAULT_MODEL,
-        help="model name or checkpoint path (default: %(default)s)",
-    )
+    add_model_option(embed)
     embed.add_argument(
         "--out",
         metavar="STORE",
         help="the store's folder (default: <source name>.embeddings.zarr beside the source)",
     )
-    embed.add_argument(
-        "--axes",
-        metavar="AXES",
-        help="the source's axes, e.g. ZYX or TCZYX (default: metadata, else shape)",
-    )
-    embed.add_argument(
-        "--level", metavar="N", type=count_arg, default=0, help="pyramid level, 0 = full resolution"
-    )
-    embed.add_argument("--channel", metavar="C", type=count_arg, help="index on the C axis")
-    embed.add_argument("--time", metavar="T", type=count_arg, help="index on the T axis")
+    add_volume_options(embed)
     embed.add_argument(
         "--batch-size",
         metavar="N",
         type=positive_arg,
         help="tiles per encoder pass (default: from free GPU memory; 1 on the CPU)",
     )
-    embed.add_argument(
-        "--device", metavar="DEV", default="auto", help="auto, cpu, cuda, mps (default: auto)"
-    )
+    add_device_option(embed)
     embed.add_argument(
         "--tile-size",
         metavar="N",
@@ -84,7 +77,7 @@ def add_embed(commands: argparse._SubParsersAction) -> None:
         help="replace an existing store made from another model, source or settings "
         "(a matching store is resumed, not recomputed)",
     )
-    embed.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(embed)
     embed.set_defaults(handler=_embed)
 
 
@@ -107,9 +100,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     try:
         choose_device(args.device)  # a typo in --device fails before any work
-        volume = open_volume(
-            args.source, axes=args.axes, level=args.level, channel=args.channel, time=args.time
-        )
+        volume = open_volume(args.source, **volume_options(args).keywords())
     except (OSError, ValueError, TypeError) as exc:  # missing file, bad axes, level, ...
         return fail(exc, path=args.source, doing="cannot read")
     out = Path(args.out) if args.out else default_store_path(args.source)

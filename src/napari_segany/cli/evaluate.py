@@ -10,14 +10,12 @@ import argparse
 import os
 from pathlib import Path
 
-from .. import weights
-
 __all__ = ["add_evaluate", "default_out", "evaluate"]
 
 
 def add_evaluate(commands: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand to the ``napari-segany`` parser."""
-    from .options import count_arg
+    from .options import add_device_option, add_model_option, add_progress_option, count_arg
 
     parser = commands.add_parser(
         "evaluate",
@@ -34,12 +32,7 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "labels", metavar="LABELS", help="a TIFF of integer instance labels of the same shape"
     )
-    parser.add_argument(
-        "--model",
-        metavar="NAME_OR_PATH",
-        default=weights.DEFAULT_MODEL,
-        help="model name or checkpoint path (default: %(default)s)",
-    )
+    add_model_option(parser)
     parser.add_argument(
         "--start",
         choices=("point", "box"),
@@ -77,10 +70,8 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
         help="with --in-3d: corrections on each object's worst slice after propagation, "
         "each followed by propagation again (default: %(default)s)",
     )
-    parser.add_argument(
-        "--device", metavar="DEV", default="auto", help="auto, cpu, cuda, mps (default: auto)"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_option(parser)
+    add_progress_option(parser)
     parser.set_defaults(handler=evaluate)
 
 

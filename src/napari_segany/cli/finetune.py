@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from .. import weights
-
 if TYPE_CHECKING:
     import numpy as np
 
@@ -38,7 +36,13 @@ __all__ = ["add_finetune", "finetune_command"]
 
 def add_finetune(commands: argparse._SubParsersAction) -> None:
     """Add the ``finetune`` subcommand to the ``napari-segany`` parser."""
-    from .options import count_arg, positive_arg
+    from .options import (
+        add_device_option,
+        add_model_option,
+        add_progress_option,
+        count_arg,
+        positive_arg,
+    )
 
     parser = commands.add_parser(
         "finetune",
@@ -61,11 +65,8 @@ def add_finetune(commands: argparse._SubParsersAction) -> None:
         nargs="+",
         help="OME-Zarr labels (a workspace's labels.ome.zarr, or the workspace folder)",
     )
-    parser.add_argument(
-        "--model",
-        metavar="NAME",
-        default=weights.DEFAULT_MODEL,
-        help="the model to tune: a name or checkpoint path (default: %(default)s)",
+    add_model_option(
+        parser, help="the model to tune: a name or checkpoint path (default: %(default)s)"
     )
     parser.add_argument(
         "--out",
@@ -99,9 +100,7 @@ def add_finetune(commands: argparse._SubParsersAction) -> None:
         default=0.25,
         help="share of the objects held back to score the model (default: %(default)s)",
     )
-    parser.add_argument(
-        "--device", metavar="DEV", default="auto", help="auto, cpu, cuda, mps (default: auto)"
-    )
+    add_device_option(parser)
     parser.add_argument(
         "--decoder-only",
         action="store_true",
@@ -111,7 +110,7 @@ def add_finetune(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--json", metavar="REPORT.json", help="also write the report (scores, steps) as JSON"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_option(parser)
     parser.set_defaults(handler=finetune_command)
 
 

@@ -16,7 +16,7 @@ from .. import __version__, weights
 from .embed import add_embed
 from .errors import RUN, Run, describe, fail, is_expected
 from .getting_started import demo_command, doctor_command, fetch_command, models_command
-from .options import positive_arg
+from .options import add_progress_option, positive_arg
 
 if TYPE_CHECKING:
     pass
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Download a checkpoint into the cache and check its sha256.",
     )
     fetch.add_argument("name", metavar="NAME", help="a model name (see `napari-segany models`)")
-    fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(fetch)
     fetch.set_defaults(handler=fetch_command)
 
     doctor = commands.add_parser(

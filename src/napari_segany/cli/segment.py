@@ -12,8 +12,6 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .. import weights
-
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -28,7 +26,13 @@ _MODES = ("sparse", "seeded", "grid")
 
 def add_segment(commands: argparse._SubParsersAction) -> None:
     """Add the ``segment`` subcommand to the ``napari-segany`` parser."""
-    from .options import count_arg, positive_arg
+    from .options import (
+        add_device_option,
+        add_model_option,
+        add_progress_option,
+        add_volume_options,
+        positive_arg,
+    )
 
     parser = commands.add_parser(
         "segment",
@@ -44,12 +48,7 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", metavar="SOURCE", nargs="+", help="image files or globs")
     parser.add_argument("--out", metavar="DIR", required=True, help="the output folder")
-    parser.add_argument(
-        "--model",
-        metavar="NAME",
-        default=weights.DEFAULT_MODEL,
-        help="model name or checkpoint path (default: %(default)s)",
-    )
+    add_model_option(parser)
     parser.add_argument(
         "--scheduler",
         metavar="ADDRESS",
@@ -90,15 +89,8 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace embeddings and slices made with another model, parameters or source",
     )
-    parser.add_argument(
-        "--device", metavar="DEV", default="auto", help="auto, cpu, cuda, mps (default: auto)"
-    )
-    parser.add_argument("--axes", metavar="AXES", help="the sources' axes, e.g. ZYX or TCZYX")
-    parser.add_argument(
-        "--level", metavar="N", type=count_arg, default=0, help="pyramid level, 0 = full resolution"
-    )
-    parser.add_argument("--channel", metavar="C", type=count_arg, help="index on the C axis")
-    parser.add_argument("--time", metavar="T", type=count_arg, help="index on the T axis")
+    add_device_option(parser)
+    add_volume_options(parser)
     parser.add_argument(
         "--timeout",
         metavar="S",
@@ -118,7 +110,7 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --prompts: segment each object on its slice only, not through z",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(parser)
     parser.set_defaults(handler=segment)
 
 
@@ -132,7 +124,7 @@ def segment(args: argparse.Namespace) -> int:
     from ..device import choose_device
     from ..model import CheckpointError
     from .errors import fail, unwritable
-    from .options import stop_on_ctrl_c
+    from .options import stop_on_ctrl_c, volume_options
 
     if args.prompts is not None:
         return _segment_prompts(args)
@@ -172,14 +164,11 @@ def segment(args: argparse.Namespace) -> int:
                 tiff=args.tiff,
                 recompute=args.recompute,
                 device=args.device,
-                axes=args.axes,
-                level=args.level,
-                channel=args.channel,
-                time=args.time,
                 timeout=args.timeout,
                 torch_threads=args.threads,
                 progress=not args.no_progress,
                 cancel=stop.is_set,
+                **volume_options(args).keywords(),
                 **overrides,
             )
         except KeyboardInterrupt:  # a second Ctrl-C
@@ -202,6 +191,7 @@ def _segment_prompts(args: argparse.Namespace) -> int:
     from ..naming import LABELS_SUFFIX, source_name
     from ..prompt_batch import segment_with_prompts
     from .errors import fail, unwritable
+    from .options import volume_options
 
     if args.scheduler is not None or args.workers is not None:
         return fail("--prompts runs in this process: drop --scheduler and --workers")
@@ -227,11 +217,8 @@ def _segment_prompts(args: argparse.Namespace) -> int:
             propagate=not args.no_propagate,
             recompute=args.recompute,
             device=args.device,
-            axes=args.axes,
-            level=args.level,
-            channel=args.channel,
-            time=args.time,
             progress=not args.no_progress,
+            **volume_options(args).keywords(),
         )
     except KeyboardInterrupt:
         print("napari-segany: interrupted", file=sys.stderr)
