@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_device_option
+
 __all__ = ["add_check"]
 
 
@@ -37,7 +39,7 @@ def add_check(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="model name or checkpoint to compute with (default: the one the store names)",
     )
-    check.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    add_device_option(check)
     check.set_defaults(handler=_check)
 
 

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .. import __version__, weights
+from .. import __version__
 from .embed import add_embed
 from .errors import RUN, Run, describe, fail, is_expected
 from .getting_started import demo_command, doctor_command, fetch_command, models_command
-from .options import add_progress_option, positive_arg
+from .options import add_device_option, add_model_option, add_progress_option, positive_arg
 
 if TYPE_CHECKING:
     pass
@@ -105,10 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--out", default="segany-demo", help="output folder (default: %(default)s)")
-    demo.add_argument(
-        "--model", default=weights.DEFAULT_MODEL, help="model name or checkpoint path"
-    )
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    add_model_option(demo)
+    add_device_option(demo)
     demo.add_argument(
         "--click-only",
         action="store_true",
