@@ -37,44 +37,16 @@ MODEL_HELP = "model name or checkpoint path (default: %(default)s)"
 
 
 def count_arg(text: str) -> int:
-    """An option value that is an integer 0 or more (an index, a count).
+    """An option's value as an integer 0 or more (an index, a count); argparse's ``type``.
 
-    Parameters
-    ----------
-    text : str
-        The value as typed.
-
-    Returns
-    -------
-    int
-        The value.
-
-    Raises
-    ------
-    argparse.ArgumentTypeError
-        Not an integer, or below 0.
+    Raises ``argparse.ArgumentTypeError`` for anything else.
     """
     return _integer(text, minimum=0)
 
 
 def positive_arg(text: str) -> int:
-    """An option value that is an integer 1 or more (a size, a number of workers).
-
-    Parameters
-    ----------
-    text : str
-        The value as typed.
-
-    Returns
-    -------
-    int
-        The value.
-
-    Raises
-    ------
-    argparse.ArgumentTypeError
-        Not an integer, or below 1.
-    """
+    """An option's value as an integer 1 or more (a size, a number of workers); argparse's
+    ``type``. Raises ``argparse.ArgumentTypeError`` for anything else."""
     return _integer(text, minimum=1)
 
 
