@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zarr
 import zarr.storage
+
+from ..ome import Multiscale, ome_attributes, read_multiscale
 
 if TYPE_CHECKING:
     from napari.types import LayerDataTuple
@@ -108,28 +110,33 @@ def read_ome_zarr(path: str | Sequence[str]) -> list[LayerDataTuple]:
 
 def _kind(path: Path) -> str | None:
     """What ``path`` holds: an image, labels (several forms), or None if neither."""
-    ome = _ome(path)
-    if ome is None:
+    attrs = _attributes(path)
+    if attrs is None:
         return None
-    if _multiscale(ome) is not None:
+    ome = ome_attributes(attrs)
+    if _multiscale(path, attrs) is not None:
         return "label image" if "image-label" in ome else "image"
     if "bioformats2raw.layout" in ome and _is_image(path / "0"):
         return "bioformats2raw"
     if isinstance(ome.get("labels"), list):
         return "labels group"
-    labels = _ome(path / "labels")
-    if labels is not None and isinstance(labels.get("labels"), list):
+    labels = _attributes(path / "labels")
+    if labels is not None and isinstance(ome_attributes(labels).get("labels"), list):
         return "labels store"
     return None
 
 
 def _is_image(path: Path) -> bool:
-    ome = _ome(path)
-    return ome is not None and _multiscale(ome) is not None and "image-label" not in ome
+    attrs = _attributes(path)
+    return (
+        attrs is not None
+        and _multiscale(path, attrs) is not None
+        and "image-label" not in ome_attributes(attrs)
+    )
 
 
-def _ome(path: Path) -> dict[str, Any] | None:
-    """A zarr group's OME metadata (NGFF 0.5 ``attributes["ome"]``, 0.4 the attributes).
+def _attributes(path: Path) -> dict[str, Any] | None:
+    """A zarr group's attributes (NGFF 0.5 ``zarr.json``, 0.4 ``.zattrs``), None if no group.
 
     Read from the metadata files themselves: no group listing, so non-zarr folders beside
     the arrays (a labels store's journal) do not matter.
@@ -140,26 +147,31 @@ def _ome(path: Path) -> dict[str, Any] | None:
             if meta.get("node_type") != "group":
                 return None
             attrs = meta.get("attributes") or {}
-            ome = attrs.get("ome")
-            return ome if isinstance(ome, dict) else attrs
+            return attrs if isinstance(attrs, dict) else None
         if (path / ".zgroup").is_file():
             attrs_file = path / ".zattrs"
-            return json.loads(attrs_file.read_text()) if attrs_file.is_file() else {}
+            attrs = json.loads(attrs_file.read_text()) if attrs_file.is_file() else {}
+            return attrs if isinstance(attrs, dict) else None
     except (OSError, ValueError, AttributeError):
         return None
     return None
 
 
-def _multiscale(ome: dict[str, Any]) -> dict[str, Any] | None:
-    multiscales = ome.get("multiscales")
-    if isinstance(multiscales, list) and multiscales and isinstance(multiscales[0], dict):
-        if multiscales[0].get("datasets"):
-            return multiscales[0]
-    return None
+def _multiscale(path: Path, attrs: dict[str, Any]) -> Multiscale | None:
+    """The group's multiscales; None where it has none or they are malformed (not ours)."""
+    try:
+        return read_multiscale(attrs, str(path))
+    except ValueError:
+        return None
 
 
-def _version(ome: dict[str, Any], multiscale: dict[str, Any]) -> str:
-    return str(ome.get("version") or multiscale.get("version") or "")
+def _read(path: Path) -> tuple[Mapping[str, Any], Multiscale]:
+    """The OME metadata and multiscales of a group :func:`_kind` found to be an image."""
+    attrs = _attributes(path) or {}
+    multiscale = _multiscale(path, attrs)
+    if multiscale is None:
+        raise ValueError(f"{str(path)!r} is not an OME-Zarr image or label image")
+    return ome_attributes(attrs), multiscale
 
 
 # -- image layers ---------------------------------------------------------------------------
@@ -168,15 +180,13 @@ def _version(ome: dict[str, Any], multiscale: dict[str, Any]) -> str:
 def _image_layers(path: Path) -> list[LayerDataTuple]:
     import dask.array as da
 
-    ome = _ome(path) or {}
-    multiscale = _multiscale(ome) or {}
+    ome, multiscale = _read(path)
     arrays = _levels(path, multiscale)
-    axes = _axis_names(multiscale, arrays[0].ndim)
     scale, translate = _scale_translate(multiscale, arrays[0].ndim)
-    channel_axis = _channel_axis(multiscale, axes)
+    channel_axis = _channel_axis(multiscale, arrays[0].ndim)
     data = [da.from_zarr(a) for a in arrays]
-    name = str(multiscale.get("name") or "").strip() or _stem(path)
-    info = {"image": str(path), "ngff_version": _version(ome, multiscale)}
+    name = multiscale.name.strip() or _stem(path)
+    info = {"image": str(path), "ngff_version": multiscale.version}
     kwargs: dict[str, Any] = {
         "multiscale": len(data) > 1,
         "rgb": False,
@@ -205,7 +215,7 @@ def _image_layers(path: Path) -> list[LayerDataTuple]:
     return [(data if len(data) > 1 else data[0], kwargs, "image")]
 
 
-def _omero_channels(ome: dict[str, Any]) -> list[dict[str, Any]]:
+def _omero_channels(ome: Mapping[str, Any]) -> list[dict[str, Any]]:
     omero = ome.get("omero")
     channels = omero.get("channels") if isinstance(omero, dict) else None
     if isinstance(channels, list) and all(isinstance(c, dict) for c in channels):
@@ -240,11 +250,15 @@ def _channel_name(name: str, channel: dict[str, Any], index: int) -> str:
     return str(label) if isinstance(label, str) and label.strip() else f"{name} c{index}"
 
 
-def _channel_axis(multiscale: dict[str, Any], axes: list[str | None]) -> int | None:
-    for i, axis in enumerate(multiscale.get("axes") or []):
-        if isinstance(axis, dict) and axis.get("type") == "channel":
+def _channel_axis(multiscale: Multiscale, ndim: int) -> int | None:
+    axes = multiscale.axes_for(ndim)
+    if axes is None or len(axes) != ndim:
+        return None
+    for i, axis in enumerate(axes):
+        if axis.type == "channel":
             return i
-    return axes.index("c") if "c" in axes else None
+    names = [axis.name for axis in axes]
+    return names.index("c") if "c" in names else None
 
 
 # -- labels layers --------------------------------------------------------------------------
@@ -252,7 +266,7 @@ def _channel_axis(multiscale: dict[str, Any], axes: list[str | None]) -> int | N
 
 def _labels_of(root: Path, *, standalone: bool) -> list[LayerDataTuple]:
     """A labels layer per label image listed in ``root/labels`` (missing ones skipped)."""
-    ome = _ome(root / "labels") or {}
+    ome = ome_attributes(_attributes(root / "labels") or {})
     names = [n for n in ome.get("labels") or [] if isinstance(n, str)]
     found = [n for n in names if _kind(root / "labels" / n) == "label image"]
     if standalone and len(found) == 1:
@@ -262,8 +276,7 @@ def _labels_of(root: Path, *, standalone: bool) -> list[LayerDataTuple]:
 
 def _label_layer(root: Path, name: str, *, standalone: bool, alone: bool = False) -> LayerDataTuple:
     where = root / "labels" / name
-    ome = _ome(where) or {}
-    multiscale = _multiscale(ome) or {}
+    ome, multiscale = _read(where)
     arrays = _levels(where, multiscale)
     scale, translate = _scale_translate(multiscale, arrays[0].ndim)
     if not standalone:
@@ -274,7 +287,7 @@ def _label_layer(root: Path, name: str, *, standalone: bool, alone: bool = False
         "image": None if image is None else str(image),
         "labels_store": str(root),
         "labels_name": name,
-        "ngff_version": _version(ome, multiscale),
+        "ngff_version": multiscale.version,
     }
     if not standalone:
         layer_name = name
@@ -290,7 +303,7 @@ def _label_layer(root: Path, name: str, *, standalone: bool, alone: bool = False
     return (arrays if len(arrays) > 1 else arrays[0], kwargs, "labels")
 
 
-def _source_image(label_dir: Path, ome: dict[str, Any]) -> Path | None:
+def _source_image(label_dir: Path, ome: Mapping[str, Any]) -> Path | None:
     """The image ``image-label.source`` names, if it is there."""
     source = (ome.get("image-label") or {}).get("source")
     relative = source.get("image") if isinstance(source, dict) else None
@@ -303,46 +316,26 @@ def _source_image(label_dir: Path, ome: dict[str, Any]) -> Path | None:
 # -- shared ---------------------------------------------------------------------------------
 
 
-def _levels(path: Path, multiscale: dict[str, Any]) -> list[zarr.Array]:
+def _levels(path: Path, multiscale: Multiscale) -> list[zarr.Array]:
     store = zarr.storage.LocalStore(path, read_only=True)
-    arrays = []
-    for dataset in multiscale["datasets"]:
-        array = zarr.open_array(store, path=str(dataset["path"]), mode="r")
-        arrays.append(array)
-    return arrays
+    return [zarr.open_array(store, path=d.path, mode="r") for d in multiscale.datasets]
 
 
-def _axis_names(multiscale: dict[str, Any], ndim: int) -> list[str | None]:
-    axes = multiscale.get("axes")
-    if isinstance(axes, list) and len(axes) == ndim:
-        return [a if isinstance(a, str) else (a or {}).get("name") for a in axes]
-    if ndim == 5:  # NGFF 0.1 and 0.2 had no axes: always t, c, z, y, x
-        return ["t", "c", "z", "y", "x"]
-    return [None] * ndim
-
-
-def _scale_translate(multiscale: dict[str, Any], ndim: int) -> tuple[list[float], list[float]]:
+def _scale_translate(multiscale: Multiscale, ndim: int) -> tuple[list[float], list[float]]:
     """World = global scale * (level-0 scale * index + level-0 translation) + global shift."""
-    scale, translate = _transform(multiscale["datasets"][0], ndim)
-    overall_scale, overall_shift = _transform(multiscale, ndim)
+    level0 = multiscale.datasets[0]
+    scale, translate = _values(level0.scale, ndim, 1.0), _values(level0.translation, ndim, 0.0)
+    overall_scale = _values(multiscale.scale, ndim, 1.0)
+    overall_shift = _values(multiscale.translation, ndim, 0.0)
     return (
         [g * s for g, s in zip(overall_scale, scale, strict=True)],
         [g * t + o for g, t, o in zip(overall_scale, translate, overall_shift, strict=True)],
     )
 
 
-def _transform(node: dict[str, Any], ndim: int) -> tuple[list[float], list[float]]:
-    scale, translate = [1.0] * ndim, [0.0] * ndim
-    for t in node.get("coordinateTransformations") or []:
-        kind = t.get("type") if isinstance(t, dict) else None
-        values = t.get(kind) if kind in ("scale", "translation") else None
-        if not isinstance(values, list) or len(values) != ndim:
-            continue  # a transform given by path, or malformed: ignored
-        if kind == "scale":
-            scale = [float(v) for v in values]
-        else:
-            translate = [float(v) for v in values]
-    return scale, translate
+def _values(values: tuple[float, ...] | None, ndim: int, fill: float) -> list[float]:
+    """A scale or translation of ``ndim`` values; none, or of another length: ``fill``."""
+    return list(values) if values is not None and len(values) == ndim else [fill] * ndim
 
 
 def _stem(path: Path) -> str:

@@ -389,15 +389,15 @@ def _named_image(root: Path, name: str) -> Path | None:
     """The image an OME-Zarr label image names as its source (``image-label.source``)."""
     import zarr
 
+    from ..ome import ome_attributes
+
     group_dir = root / "labels" / name
     try:
         group = zarr.open_group(zarr.storage.LocalStore(root, read_only=True), mode="r")
         attrs = group[f"labels/{name}"].attrs.asdict()
     except Exception:  # not readable as zarr: no source named
         return None
-    nested = attrs.get("ome")
-    ome = nested if isinstance(nested, dict) else attrs
-    label = ome.get("image-label")
+    label = ome_attributes(attrs).get("image-label")
     source = label.get("source") if isinstance(label, dict) else None
     image = source.get("image") if isinstance(source, dict) else None
     if not isinstance(image, str) or not image:

@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 import zarr.storage
 
+from ..ome import has_multiscales
 from .layout import NGFF_VERSION, create_label_group, image_geometry, json_attributes
 from .lock import refuse_if_locked
 
@@ -193,8 +194,7 @@ def check_replaceable_store(root: Path, overwrite: bool) -> None:
             f"{str(root)!r} is a zarr array, not a labels store: not touching it; give another path"
         )
     group = zarr.open_group(zarr.storage.LocalStore(root, read_only=True), mode="r")
-    attrs = json_attributes(group)
-    if "multiscales" in (attrs.get("ome") or {}) or "multiscales" in attrs:
+    if has_multiscales(json_attributes(group)):
         raise FileExistsError(
             f"{str(root)!r} is an OME-Zarr image: pass image={str(root)!r} to add labels to it "
             "(overwrite=True replaces only a labels store of its own)"

@@ -25,6 +25,7 @@ import zarr.errors
 import zarr.storage
 
 from .. import damage
+from ..ome import read_multiscale
 
 __all__ = [
     "AXES",
@@ -112,58 +113,43 @@ def image_geometry(image: Path) -> tuple[ImageGeometry, zarr.Group]:
         group = zarr.open_group(zarr.storage.LocalStore(image, read_only=True), mode="r")
     except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError) as error:
         raise ValueError(f"image={str(image)!r} is not a zarr group: {error}") from None
-    attrs = group.attrs.asdict()
-    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs
-    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
-    if not isinstance(multiscales, list) or not multiscales:
+    multiscale = read_multiscale(json_attributes(group), f"image={str(image)!r}")
+    if multiscale is None:
         raise ValueError(f"image={str(image)!r} is not an OME-Zarr image (no multiscales)")
-    multiscale = multiscales[0]
-    names = [a if isinstance(a, str) else a.get("name") for a in multiscale.get("axes", [])]
+    names = list(multiscale.names)
     if "y" not in names or "x" not in names:
         raise ValueError(
             f"image={str(image)!r} has axes {names}: labels need an image with y and x axes"
         )
     keep = [names.index(a) if a in names else None for a in AXES]
+    units = [None if i is None else multiscale.axes[i].unit for i in keep]
     axes = [
-        {"name": a, "type": "space"}
-        | ({"unit": multiscale["axes"][i]["unit"]} if _unit(multiscale, i) else {})
-        for a, i in zip(AXES, keep, strict=True)
+        {"name": a, "type": "space"} | ({"unit": unit} if unit is not None else {})
+        for a, unit in zip(AXES, units, strict=True)
     ]
     shapes: list[tuple[int, int, int]] = []
     transforms = []
-    for dataset in multiscale.get("datasets", []):
-        level = group[dataset["path"]]
+    for dataset in multiscale.datasets:
+        level = group[dataset.path]
         if not isinstance(level, zarr.Array):
             raise ValueError(
-                f"image={str(image)!r}: its dataset {dataset['path']!r} is not a zarr array"
+                f"image={str(image)!r}: its dataset {dataset.path!r} is not a zarr array"
             )
         z, y, x = (1 if i is None else int(level.shape[i]) for i in keep)
         shapes.append((z, y, x))
-        transforms.append(_spatial(dataset.get("coordinateTransformations", []), keep))
-    if not shapes:
-        raise ValueError(f"image={str(image)!r} lists no datasets in its multiscales")
-    overall = multiscale.get("coordinateTransformations")
-    geometry = ImageGeometry(shapes, transforms, _spatial(overall, keep) if overall else None, axes)
-    return geometry, group
+        transforms.append(_spatial(dataset.scale, dataset.translation, keep))
+    overall = _spatial(multiscale.scale, multiscale.translation, keep) or None
+    return ImageGeometry(shapes, transforms, overall, axes), group
 
 
-def _unit(multiscale: dict, i: int | None) -> bool:
-    return (
-        i is not None
-        and isinstance(multiscale["axes"][i], dict)
-        and "unit" in multiscale["axes"][i]
-    )
-
-
-def _spatial(transforms: list[dict], keep: list[int | None]) -> list[dict[str, Any]]:
-    """The z, y, x part of scale and translation transforms (z of a 2D image: 1 and 0)."""
-    out = []
-    for t in transforms:
-        if t.get("type") not in ("scale", "translation") or t.get("type") not in t:
-            continue  # a transform given by path: not copied
-        fill = 1.0 if t["type"] == "scale" else 0.0
-        values = [fill if i is None else float(t[t["type"]][i]) for i in keep]
-        out.append({"type": t["type"], t["type"]: values})
+def _spatial(
+    scale: Sequence[float] | None, translation: Sequence[float] | None, keep: list[int | None]
+) -> list[dict[str, Any]]:
+    """The z, y, x part of a scale and a translation (z of a 2D image: 1 and 0)."""
+    out: list[dict[str, Any]] = []
+    for kind, values, fill in (("scale", scale, 1.0), ("translation", translation, 0.0)):
+        if values is not None:
+            out.append({"type": kind, kind: [fill if i is None else values[i] for i in keep]})
     return out
 
 
@@ -216,28 +202,22 @@ def create_label_group(
 
 def open_levels(group: zarr.Group, where: str) -> list[Level]:
     """The levels of the label image ``group``, checked to be (z, y, x) integer arrays."""
-    ome = group.attrs.get("ome")
-    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
-    if not isinstance(multiscales, list) or not multiscales:
+    multiscale = read_multiscale(json_attributes(group), where)
+    if multiscale is None or not multiscale.nested:
         raise ValueError(f"{where} is not an OME-Zarr 0.5 label image (no ome.multiscales)")
-    multiscale = multiscales[0]
-    names = [a if isinstance(a, str) else a.get("name") for a in multiscale.get("axes", [])]
+    names = list(multiscale.names)
     if names != list(AXES):
         raise ValueError(f"{where} has axes {names}; LabelsStore handles (z, y, x) labels")
-    levels, base = [], None
-    for dataset in multiscale.get("datasets", []):
-        array = group[dataset["path"]]
+    levels: list[Level] = []
+    base: Sequence[float] | None = None
+    for dataset in multiscale.datasets:
+        array = group[dataset.path]
         if not isinstance(array, zarr.Array) or array.dtype.kind not in "iu":
-            raise ValueError(f"{where}/{dataset['path']} is not an integer array")
-        scale = next(
-            (t["scale"] for t in dataset.get("coordinateTransformations", []) if "scale" in t),
-            [1.0, 1.0, 1.0],
-        )
+            raise ValueError(f"{where}/{dataset.path} is not an integer array")
+        scale = dataset.scale or (1.0, 1.0, 1.0)
         base = base or scale
         fz, fy, fx = (_factor(s / b) for s, b in zip(scale, base, strict=True))
         levels.append(Level(array, (fz, fy, fx)))
-    if not levels:
-        raise ValueError(f"{where} lists no datasets")
     return levels
 
 

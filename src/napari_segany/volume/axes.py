@@ -19,7 +19,6 @@ __all__ = [
     "Layout",
     "check_axes",
     "infer_axes",
-    "ngff_axes",
     "plan_layout",
     "resolve_layout",
     "tiff_axes",
@@ -130,23 +129,6 @@ def tiff_axes(codes: str) -> str:
     """tifffile series axes (``QYX``, ``TZCYXS``, ...) in our letters; unknown codes give ``?``."""
     letters = (_TIFF_CODES.get(code, code) for code in codes.upper())
     return "".join(letter if letter in AXIS_LETTERS else "?" for letter in letters)
-
-
-def ngff_axes(axes: list) -> str:
-    """OME-Zarr ``multiscales[].axes`` (dicts in NGFF >= 0.4, strings in 0.3) in our letters."""
-    letters = []
-    for axis in axes:
-        name = axis if isinstance(axis, str) else str(axis.get("name", ""))
-        kind = None if isinstance(axis, str) else axis.get("type")
-        if name.upper() in AXIS_LETTERS and len(name) == 1:
-            letters.append(name.upper())
-        elif kind == "time":
-            letters.append("T")
-        elif kind == "channel":
-            letters.append("C")
-        else:
-            letters.append("?")
-    return "".join(letters)
 
 
 @dataclass(frozen=True)

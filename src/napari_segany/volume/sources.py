@@ -20,7 +20,8 @@ import zarr.storage
 from zarr.abc.store import Store
 
 from ..argument_errors import ArgumentError, Setting
-from .axes import ngff_axes, tiff_axes
+from ..ome import Multiscale, ome_attributes, read_multiscale
+from .axes import tiff_axes
 
 if TYPE_CHECKING:
     import tifffile
@@ -225,12 +226,12 @@ def _open_zarr_node(node: zarr.Array | zarr.Group, level: int, where: str) -> Ra
         _check_level(level, 1, where)
         return RawSource(node, where)
     attrs = node.attrs.asdict()
-    if "bioformats2raw.layout" in attrs and "0" in node:
+    if "bioformats2raw.layout" in ome_attributes(attrs) and "0" in node:
         # bioformats2raw writes each series as an OME-Zarr image in a numbered subgroup.
         return _open_zarr_node(node["0"], level, f"{where}/0")
-    multiscales = _multiscales(attrs)
-    if multiscales is not None:
-        return _open_ome_zarr(node, multiscales, level, where)
+    multiscale = read_multiscale(attrs, where)
+    if multiscale is not None:
+        return _open_ome_zarr(node, multiscale, level, where)
     names = sorted(node.array_keys())
     if len(names) == 1:
         _check_level(level, 1, where)
@@ -243,35 +244,21 @@ def _open_zarr_node(node: zarr.Array | zarr.Group, level: int, where: str) -> Ra
     )
 
 
-def _multiscales(attrs: dict) -> dict | None:
-    """The first ``multiscales`` entry: NGFF 0.5 nests it under ``ome``, earlier versions not."""
-    ome = attrs.get("ome")
-    entries = ome.get("multiscales") if isinstance(ome, dict) else attrs.get("multiscales")
-    if isinstance(entries, list) and entries and isinstance(entries[0], dict):
-        return entries[0]
-    return None
-
-
-def _open_ome_zarr(group: zarr.Group, multiscales: dict, level: int, where: str) -> RawSource:
-    datasets = multiscales.get("datasets") or []
-    _check_level(level, len(datasets), where)
-    path = datasets[level]["path"]
+def _open_ome_zarr(group: zarr.Group, multiscale: Multiscale, level: int, where: str) -> RawSource:
+    _check_level(level, len(multiscale.datasets), where)
+    path = multiscale.datasets[level].path
     array = group[path]
     if not isinstance(array, zarr.Array):
         raise ValueError(f"OME-Zarr image {where}: dataset {path!r} is not an array")
-    ome = group.attrs.get("ome")
-    version = multiscales.get("version") or (
-        ome.get("version", "?") if isinstance(ome, dict) else "?"
-    )
-    if "axes" in multiscales:
-        axes = ngff_axes(multiscales["axes"])
-        names = [a if isinstance(a, str) else a.get("name") for a in multiscales["axes"]]
-        origin = f"OME-Zarr {version} metadata (axes {names})"
-    elif array.ndim == 5:  # NGFF 0.1/0.2 had no axes field: always t, c, z, y, x
-        axes, origin = "TCZYX", f"OME-Zarr {version} (implicit TCZYX)"
+    version = multiscale.version or "?"
+    axes = multiscale.axes_for(array.ndim)
+    if axes is None:
+        return RawSource(array, where)
+    if multiscale.axes:
+        origin = f"OME-Zarr {version} metadata (axes {list(multiscale.names)})"
     else:
-        axes, origin = None, ""
-    return RawSource(array, where, axes=axes, axes_origin=origin)
+        origin = f"OME-Zarr {version} (implicit TCZYX)"
+    return RawSource(array, where, axes="".join(a.letter for a in axes), axes_origin=origin)
 
 
 def _open_pyramid(levels: list, level: int) -> RawSource:
