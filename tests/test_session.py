@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 
 import napari_segany as sg
+from napari_segany.embedding_queue import EmbeddingQueue, prefetch_order
 from napari_segany.embeddings import NotEmbeddedError
 from napari_segany.replay import replay
 from napari_segany.sample_data import nuclei_volume
-from napari_segany.session import (
-    EmbeddingQueue,
-    Preview,
-    Session,
-    group_prompts,
-    prefetch_order,
-    volume_from_layer,
-)
+from napari_segany.session import Preview, Session, group_prompts, volume_from_layer
 from napari_segany.workspace import SESSIONS_ENV, embeddings_name, workspace_for
 
 

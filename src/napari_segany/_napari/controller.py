@@ -2,7 +2,7 @@
 
 A :class:`Controller` drives a :class:`~napari_segany.session.Session` on a napari viewer: it
 opens the session of an image layer, adds the session's layers, embeds the slice on screen
-first (an :class:`~napari_segany.session.EmbeddingQueue`), decodes the prompts as they
+first (an :class:`~napari_segany.embedding_queue.EmbeddingQueue`), decodes the prompts as they
 change (latest wins: while one decode runs, only the newest request waits), commits,
 undoes, propagates, segments automatically and learns from the labels. The slow calls run
 as :class:`~napari_segany._napari.tasks.Task` objects in its runner. What the widget shows
@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psygnal import Signal
 
+from ..embedding_queue import EmbeddingQueue
 from ..embeddings import NotEmbeddedError
-from ..session import EmbeddingQueue, Preview, Session, volume_from_layer
+from ..session import Preview, Session, volume_from_layer
 from . import layers, messages
 from .long_tasks import LONG_TASKS, LongTasks
 from .tasks import Runner, Task
