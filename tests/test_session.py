@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import napari_segany as sg
-from napari_segany.embedding_queue import EmbeddingQueue, prefetch_order
 from napari_segany.embeddings import NotEmbeddedError
 from napari_segany.replay import replay
 from napari_segany.sample_data import nuclei_volume
@@ -36,21 +35,6 @@ def test_points_go_to_the_smallest_box_holding_them() -> None:
     np.testing.assert_array_equal(big.labels, [0])
     np.testing.assert_array_equal(loose.points, [[200, 200]])
     np.testing.assert_array_equal(small.box, boxes[1])
-
-
-def test_the_slice_on_screen_comes_first_then_neighbours_then_everything() -> None:
-    assert prefetch_order(5, 10, radius=2) == [5, 6, 4, 7, 3]
-    assert prefetch_order(0, 3, radius=2) == [0, 1, 2]
-    queue = EmbeddingQueue(10, radius=1)
-    queue.look_at(7)
-    done = np.zeros(10, dtype=bool)
-    assert queue.wanted() == [7, 8, 6]
-    done[7] = True
-    assert queue.next(done) == 8
-    queue.want_all()
-    assert queue.wanted()[:3] == [7, 8, 6] and sorted(queue.wanted()) == list(range(10))
-    done[:] = True
-    assert queue.next(done) is None
 
 
 def test_workspace_beside_the_file_or_in_the_sessions_folder(
