@@ -9,21 +9,29 @@ synthetic image layer, the widget opened from the plugin menu's entry
   ``bench_click.py``), embedded first. Every round places one positive point on a disk
   through ``widget.points.add`` (a click in add mode does the same) and times, with a
   ``QEventLoop`` woken by the layers' events, until the preview layer's data is set to the
-  new mask ("GUI → preview data") and until the canvas has drawn it after that ("GUI →
-  drawn"). In the same rounds, in rotating order, the engine alone does the same work in
-  the GUI thread: ``session.preview(z, points, signs, boxes).labels()``. The difference is
-  what the widget adds: the 5 ms debounce, the hand-off to a worker thread and back, and
-  the layer update; stamps along the way (``points.add`` returned, the debounce timer
-  fired, preview data set, drawn) say where it goes. Every click is on another disk than
-  the one before (a tiled 2048 slice reads another window's embedding then, for both paths
-  alike); the prompts are cleared and the widget left idle, untimed, before each click.
+  new mask's outline ("GUI → preview data") and until the canvas has drawn it after that
+  ("GUI → drawn"). In the same rounds, in rotating order, the engine alone does the same
+  work in the GUI thread: ``session.preview(z, points, signs, boxes).labels()``. The
+  difference is what the widget adds: napari's handling of the new point, the hand-off to
+  a worker thread and back, the outline of the labels image (made in the worker,
+  ``controller.preview_with_outline``) and the layer update. Stamps along the way say
+  where it goes: ``points.add`` returned, the decode task handed to a worker (the
+  controller's ``run("decode", task)``, which the benchmark wraps: it also wraps the
+  task's function, to stamp its start and end in the worker thread, and its ``returned``
+  handler, the GUI thread taking the result), preview data set, drawn. Every click is on
+  another disk than the one before (a tiled 2048 slice reads another window's embedding
+  then, for both paths alike); the prompts are cleared and the widget left idle (no decode
+  running or pending, ``controller.running("decode")``), untimed, before each click. The
+  IoU of the GUI path is that of the mask the widget shows, ``widget.preview.labels()``
+  (the preview layer holds only its outline).
 - **GUI thread during embedding.** A 16 x 512 x 512 volume. A 10 ms precise ``QTimer`` on
   the GUI thread records the gaps between its ticks: from the moment the widget has added
   its layers until 0.5 s pass without a gap over 50 ms (the new layers' first paint; the
   slice on screen is being embedded meanwhile), then from ``widget.embed_all()`` until
   every slice is embedded, then for as long again with nothing to do (the session open, no
-  worker): the idle baseline. A gap well over 10 ms is a moment the viewer could not
-  repaint or answer the mouse.
+  worker; ``controller.running("embed")`` says when the embedding worker ends): the idle
+  baseline. A gap well over 10 ms is a moment the viewer could not repaint or answer the
+  mouse.
 
 Under Xvfb the canvas draws with Mesa's software OpenGL (llvmpipe; recorded in the JSON),
 so repaints cost more than on a desktop with a GPU.
@@ -58,6 +66,7 @@ PLUGIN, WIDGET = "napari-segany", "Segment Anything"
 MODEL = "mobile_sam"
 SEED = 0
 TICK_MS = 10
+IDLE_MS = 50  # no decode for this long: none pending either (the debounce timer is 5 ms)
 WAIT_S = 600.0  # the longest wait for anything (embedding 2048 x 2048 tiles under load)
 CLICK_WAIT_S = 60.0
 DRAW_WAIT_MS = 2000
@@ -77,11 +86,19 @@ def process_until(predicate: Callable[[], bool], what: str, timeout_s: float = W
 
 
 def settle(widget: Any, rounds: int = 5) -> None:
-    """Let pending work finish: no debounce running, no decode in flight, events handled."""
-    process_until(
-        lambda: not widget._debounce.isActive() and widget._decode_worker is None,
-        "the widget to be idle",
-    )
+    """Let pending work finish: no decode in flight for ``IDLE_MS`` (longer than the
+    controller's debounce timer: no decode requested either), events handled."""
+    controller = widget.controller
+    since: list[float] = []
+
+    def idle() -> bool:
+        if controller.running("decode"):
+            since.clear()
+            return False
+        since[:] = since or [time.perf_counter()]
+        return time.perf_counter() - since[0] >= IDLE_MS / 1e3
+
+    process_until(idle, "the widget to be idle")
     for _ in range(rounds):
         QApplication.processEvents()
 
@@ -121,16 +138,30 @@ def open_widget(image: np.ndarray, name: str) -> tuple[Any, Any]:
     widget.image_combo.setCurrentText(name)
     widget.model_combo.setCurrentText(MODEL)
     widget.device_combo.setCurrentText("cpu")
-    widget.start()
     # back as soon as the widget has added its layers, before the viewer paints them
+    controller = widget.controller
     loop = QEventLoop()
-    worker = widget._start_worker
-    worker.returned.connect(lambda *_: loop.quit())
-    worker.errored.connect(lambda *_: loop.quit())
-    QTimer.singleShot(int(WAIT_S * 1e3), loop.quit)
-    loop.exec()
+
+    def done(*_: Any) -> None:
+        loop.quit()
+
+    signals = (controller.layers_added, controller.error, controller.warning)
+    for signal in signals:
+        signal.connect(done)
+    timeout = QTimer()
+    timeout.setSingleShot(True)
+    timeout.timeout.connect(loop.quit)
+    timeout.start(int(WAIT_S * 1e3))
+    try:
+        widget.start()
+        if controller.running("start"):
+            loop.exec()
+    finally:
+        timeout.stop()
+        for signal in signals:
+            signal.disconnect(done)
     if widget.session is None:
-        raise RuntimeError(f"the {name} session did not open: {widget.status.text()}")
+        raise RuntimeError(f"the {name} session did not open: {controller.status}")
     return viewer, widget
 
 
@@ -144,34 +175,40 @@ def close(viewer: Any, widget: Any) -> None:
 
 
 def gui_click(widget: Any, canvas: Any | None, point: np.ndarray) -> dict[str, float]:
-    """Seconds from ``points.add(point)`` to: its return (``"added"``), the debounce timer's
-    call that hands the prompts to a decode worker (``"decoding"``, only when a decode was
-    running), the worker's start and end (``"worker"``, ``"decoded"``), the GUI thread taking
-    the result (``"received"``), the preview layer's new data (``"data"``) and the canvas's
-    next draw after it (``"drawn"``, if it comes)."""
-    from napari_segany import _widget as widget_module
-
+    """Seconds from ``points.add(point)`` to: its return (``"added"``), the decode task
+    handed to the controller's runner (``"decoding"``: ``controller.run("decode", task)``,
+    from within ``points.add`` when the widget was idle), the worker's start and end of the
+    task's function (``"worker"``, ``"decoded"``: the preview, its labels image and their
+    outline, ``controller.preview_with_outline``), the GUI thread taking the result
+    (``"received"``: the task's ``returned`` handler), the preview layer's new data
+    (``"data"``) and the canvas's next draw after it (``"drawn"``, if it comes)."""
+    controller = widget.controller
     stamps: dict[str, float] = {}
     loop = QEventLoop()
-    decode = widget_module._preview_with_labels
-    received = widget._decoded
+    run = controller.run  # the bound method: every task of the controller starts there
 
-    def timed_decode(*args: Any) -> Any:  # runs in the worker thread
-        stamps.setdefault("worker", time.perf_counter())
-        try:
-            return decode(*args)
-        finally:
-            stamps.setdefault("decoded", time.perf_counter())
+    def timed_run(kind: str, task: Any) -> None:
+        if kind == "decode" and "decoding" not in stamps:
+            stamps["decoding"] = time.perf_counter()
+            decode, received = task.function, task.returned
 
-    def timed_received(preview: Any) -> None:
-        stamps.setdefault("received", time.perf_counter())
-        received(preview)
+            def timed_decode(*args: Any, **kwargs: Any) -> Any:  # in the worker thread
+                stamps.setdefault("worker", time.perf_counter())
+                try:
+                    return decode(*args, **kwargs)
+                finally:
+                    stamps.setdefault("decoded", time.perf_counter())
 
-    def on_debounce() -> None:  # connected after the widget's own slot: runs after it
-        stamps.setdefault("decoding", time.perf_counter())
+            def timed_received(result: Any) -> None:  # in the GUI thread
+                stamps.setdefault("received", time.perf_counter())
+                if received is not None:
+                    received(result)
+
+            task.function, task.returned = timed_decode, timed_received
+        run(kind, task)
 
     def on_data(_event: Any = None) -> None:
-        preview = widget.preview
+        preview = controller.preview
         if "data" in stamps or preview is None or not preview.prompts:
             return  # the clearing of the previous preview, or a stale result
         if not np.allclose(preview.prompts[0].points[-1], point):
@@ -187,11 +224,9 @@ def gui_click(widget: Any, canvas: Any | None, point: np.ndarray) -> dict[str, f
             stamps["drawn"] = time.perf_counter()
             loop.quit()
 
-    layer = widget.preview_layer
+    layer = controller.preview_layer
     layer.events.data.connect(on_data)
-    widget._debounce.timeout.connect(on_debounce)
-    widget_module._preview_with_labels = timed_decode
-    widget._decoded = timed_received
+    controller.run = timed_run  # an instance attribute: the controller calls self.run
     if canvas is not None:
         canvas.events.draw.connect(on_draw, position="last")  # after the scene has drawn
     timeout = QTimer()
@@ -210,9 +245,7 @@ def gui_click(widget: Any, canvas: Any | None, point: np.ndarray) -> dict[str, f
         timeout.stop()
         draw_limit.stop()
         layer.events.data.disconnect(on_data)
-        widget._debounce.timeout.disconnect(on_debounce)
-        widget_module._preview_with_labels = decode
-        del widget._decoded  # the class's method again
+        del controller.run  # the class's method again
         if canvas is not None:
             canvas.events.draw.disconnect(on_draw)
     if "data" not in stamps:
@@ -221,7 +254,8 @@ def gui_click(widget: Any, canvas: Any | None, point: np.ndarray) -> dict[str, f
 
 
 def engine_click(widget: Any, point: np.ndarray) -> np.ndarray:
-    """What the widget's worker and ``_show`` compute, called directly in the GUI thread."""
+    """What the widget's decode worker computes (less the outline), called directly in the
+    GUI thread."""
     preview = widget.session.preview(0, point[None], np.array([True]), np.empty((0, 4)))
     return preview.labels()
 
@@ -242,7 +276,7 @@ def bench_clicks(args: argparse.Namespace, size: int) -> dict[str, Any]:
     viewer, widget = open_widget(image, name)
     try:
         process_until(
-            lambda: widget.session.is_embedded(0) and widget._embed_worker is None,
+            lambda: widget.session.is_embedded(0) and not widget.controller.running("embed"),
             f"the {size} x {size} slice's embedding",
         )
         ready_s = time.perf_counter() - t0
@@ -269,7 +303,7 @@ def bench_clicks(args: argparse.Namespace, size: int) -> dict[str, Any]:
                 if which == "gui":
                     stamps = gui_click(widget, canvas, point)
                     took = stamps["data"]
-                    mask = np.asarray(widget.preview_layer.data) > 0
+                    mask = widget.preview.labels() > 0  # the layer shows its outline
                 else:
                     start = time.perf_counter()
                     mask = engine_click(widget, point) > 0
@@ -400,7 +434,7 @@ def bench_stall(args: argparse.Namespace) -> dict[str, Any]:
         widget.embed_all()
 
         def embedded(_ticks: list[float]) -> bool:
-            return widget._embed_worker is None and bool(session.store.done().all())
+            return not widget.controller.running("embed") and bool(session.store.done().all())
 
         gaps, ran = tick_gaps(embedded, WAIT_S)
         if not embedded([]):
@@ -559,8 +593,9 @@ def main(argv: list[str] | None = None) -> None:
     print(click_table(results))
     print(
         "\nWhere a GUI click's time goes (median ms; points.add and → worker starts from the "
-        "click; the worker decodes and makes the labels image, then the GUI thread takes the "
-        "result when its event loop gets to it and sets the preview layer's data)"
+        "click; the worker decodes and makes the labels image and its outline, then the GUI "
+        "thread takes the result when its event loop gets to it and sets the preview layer's "
+        "data)"
     )
     print(stage_table(results))
     if "stall" in results:
