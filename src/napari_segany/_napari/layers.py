@@ -167,12 +167,25 @@ def outline(labels: np.ndarray) -> np.ndarray:
     The border is a few screen pixels wide when the slice fills the canvas, whatever its
     size. Drawn by us rather than by napari's ``contour``: that one is several times
     slower on large slices and not drawn in 3D, where napari warns about it.
+
+    Only the box around the objects, widened by the border's width, is filtered: beyond
+    it every window holds background alone, so the result is the same as the whole
+    slice's, in a fraction of the time when the objects are small (a 2048 x 2048 slice).
     """
     width = max(1, round(min(labels.shape[-2:]) / 256))
-    size = 2 * width + 1
-    around = {"size": size, "mode": "constant", "cval": 0}
-    border = ndimage.maximum_filter(labels, **around) != ndimage.minimum_filter(labels, **around)
-    return np.where(border, labels, 0).astype(labels.dtype, copy=False)
+    out = np.zeros_like(labels)
+    rows, cols = np.flatnonzero(labels.any(axis=1)), np.flatnonzero(labels.any(axis=0))
+    if not len(rows):
+        return out
+    box = (
+        slice(max(rows[0] - width, 0), rows[-1] + width + 1),
+        slice(max(cols[0] - width, 0), cols[-1] + width + 1),
+    )
+    part = labels[box]
+    around = {"size": 2 * width + 1, "mode": "constant", "cval": 0}
+    border = ndimage.maximum_filter(part, **around) != ndimage.minimum_filter(part, **around)
+    out[box] = np.where(border, part, 0)
+    return out
 
 
 def show_preview(preview_layer: Labels, image: Image, z: int, labels: np.ndarray | None) -> None:
