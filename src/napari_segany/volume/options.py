@@ -8,7 +8,7 @@ processes that reopen a source, and into an embedding store's signature, where
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
 __all__ = ["OpenKeywords", "VolumeOptions"]
@@ -48,7 +48,7 @@ class VolumeOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON-able values, as an embedding store's signature records them."""
-        return asdict(self)
+        return dict(self.keywords())
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> VolumeOptions:
